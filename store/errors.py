@@ -22,7 +22,7 @@ class StoreMismatchError(StoreError):
 
 
 class StoreFullError(StoreError):
-    """A write failed for lack of space (disk full or file-size limit); committed rows are intact."""
+    """A write failed for lack of space (disk full or size limit); committed rows are intact."""
 
 
 class StoreKeyError(StoreError, KeyError):

@@ -1,0 +1,98 @@
+"""Opening HDF5 files and translating h5py/OS failures into typed store errors, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+
+import h5py
+
+from store.errors import StoreCorruptError, StoreError, StoreFullError, StoreNotFoundError
+
+# What to tell the user when a file cannot be trusted.
+CORRUPT_ADVICE = ("move it aside and re-run extract, or restore a backup "
+                  "(`ssimcache store verify` lists what is damaged)")
+_FULL_MARKERS = ("no space left", "file too large", "errno = 28", "errno = 27",
+                 "disk quota", "errno = 122")
+
+
+def is_full_error(exc: BaseException) -> bool:
+    """True when an OSError (or h5py's wrapper of one) means the disk or file size limit is hit."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _FULL_MARKERS)
+
+
+@contextlib.contextmanager
+def translated(path: str, action: str) -> Iterator[None]:
+    """Turn h5py/OS exceptions raised while doing `action` on `path` into StoreErrors."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        if is_full_error(e):
+            raise StoreFullError(
+                f"{action} {path} failed: no space left (disk full or file-size limit): {e}. "
+                "Committed rows are intact; free space and re-run") from None
+        raise StoreCorruptError(f"{action} {path} failed ({e}): {CORRUPT_ADVICE}") from None
+
+
+def open_h5(path: str, mode: str) -> h5py.File:
+    """Open an existing store file ('r' or 'r+'); never truncates, never takes HDF5 file locks.
+
+    HDF5's own locking would make readers fail while the writer holds the file; exclusion is
+    done by store.lock instead. The default libver keeps the file reopenable after a SIGKILL.
+    """
+    assert mode in ("r", "r+")
+    if not os.path.exists(path):
+        raise StoreNotFoundError(
+            f"feature store {path} does not exist; create it with `ssimcache extract` "
+            "(or open it with mode 'a')")
+    if os.path.isdir(path):
+        raise StoreCorruptError(f"{path} is a directory, not an HDF5 feature store")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise StoreCorruptError(f"{path} is an empty (zero-byte) file, not an HDF5 store: "
+                                + CORRUPT_ADVICE)
+    try:
+        return h5py.File(path, mode, locking=False)
+    except OSError as e:
+        if is_full_error(e):
+            raise StoreFullError(f"opening {path} failed: no space left ({e})") from None
+        if mode == "r+" and isinstance(e, PermissionError):
+            raise StoreError(f"{path} is not writable: {e.strerror}") from None
+        what = "not an HDF5 file" if not h5py.is_hdf5(path) else "damaged or truncated"
+        raise StoreCorruptError(f"{path} is {what} ({size} bytes; {e}): {CORRUPT_ADVICE}") from None
+
+
+def create_h5(path: str) -> h5py.File:
+    """Create a fresh store file atomically: build it under a temp name, fsync, rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with translated(path, "creating"):
+        f = h5py.File(tmp, "x", locking=False)
+        f.attrs["format"] = "ssimcache-feature-store"
+        f.attrs["format_version"] = 1
+        f.close()
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(os.path.dirname(os.path.abspath(path)))
+    return open_h5(path, "r+")
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync(f: h5py.File) -> None:
+    """Flush HDF5's buffers to the OS, then force them to disk."""
+    f.flush()
+    os.fsync(f.id.get_vfd_handle())

@@ -1,0 +1,272 @@
+"""FeatureStore: one HDF5 file, one namespace per fingerprint, one writer, many readers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import h5py
+import numpy as np
+
+from store.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
+from store.fileio import create_h5, open_h5, sync, translated
+from store.lock import WriterLock
+from store.lru import LRUCache
+from store.namespace import DTYPES, Namespace, create_group
+
+_FP = re.compile(r"^[0-9A-Za-z_.:+-]{1,128}$")
+FORMAT = "ssimcache-feature-store"
+
+
+class FeatureStore:
+    """An HDF5 feature store; mode "a" (single writer, creates the file) or "r" (never writes).
+
+    Use as a context manager. Vectors pass through an LRU of `cache_items` / `cache_bytes`.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "a", cache_items: int = 100_000,
+                 cache_bytes: int = 256 << 20) -> None:
+        if mode not in ("a", "r"):
+            raise StoreError(f"store mode must be 'a' or 'r', got {mode!r}")
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.lru = LRUCache(cache_items, cache_bytes)
+        self._h5lock = threading.RLock()
+        self._namespaces: dict[str, Namespace] = {}
+        self._lock: WriterLock | None = None
+        self._broken = False
+        self._f: h5py.File | None = None
+        if mode == "a":
+            self._lock = WriterLock(self.path)
+            self._lock.acquire()  # before HDF5 touches the file
+            try:
+                self._f = open_h5(self.path, "r+") if os.path.exists(self.path) \
+                    else create_h5(self.path)
+                self._check_format()
+                self._drop_incomplete()
+            except BaseException:
+                self._close_file()
+                self._lock.release()
+                raise
+        else:
+            self._f = self._open_reader()
+            try:
+                self._check_format()
+            except BaseException:
+                self._close_file()
+                raise
+
+    def _open_reader(self) -> h5py.File:
+        # A writer may be mid-flush at this instant; a short retry rides over it.
+        for attempt in range(3):
+            try:
+                return open_h5(self.path, "r")
+            except StoreCorruptError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _check_format(self) -> None:
+        fmt = self._f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT:
+            raise StoreCorruptError(
+                f"{self.path} is an HDF5 file but not an ssimcache feature store (no "
+                f"'format' attribute {FORMAT!r}); pass another path, or move it aside")
+
+    def _drop_incomplete(self) -> None:
+        """Namespaces a crash interrupted while being created (no counter yet) are removed."""
+        with translated(self.path, "cleaning"):
+            stale = [n for n, g in self._f.items()
+                     if isinstance(g, h5py.Group) and "committed" not in g.attrs]
+            for name in stale:
+                del self._f[name]
+            if stale:
+                sync(self._f)
+
+    # -- context / lifecycle ---------------------------------------------------------------
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self.mode == "a"
+
+    def _require_writable(self, what: str) -> None:
+        if self._f is None:
+            raise StoreError(f"{what}: store {self.path} is closed")
+        if not self.writable:
+            raise StoreError(f"{what}: store {self.path} is open read-only; open it with mode 'a'")
+        if self._broken:
+            raise StoreError(f"{what}: an earlier write to {self.path} failed; close and reopen "
+                             "the store (committed rows are intact)")
+
+    @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """Translate write failures; after one, make sure HDF5 writes nothing more."""
+        try:
+            with translated(self.path, action):
+                yield
+        except StoreError:
+            self._poison()
+            raise
+
+    def _poison(self) -> None:
+        # After a failed write HDF5 still holds dirty metadata and would flush it at close,
+        # possibly only in part. Point its file descriptor at a read-only handle of the same
+        # file so every later write fails: the file stays exactly as the last commit left it.
+        self._broken = True
+        try:
+            fd = self._f.id.get_vfd_handle()
+            ro = os.open(self.path, os.O_RDONLY)
+            os.dup2(ro, fd)
+            os.close(ro)
+        except Exception:  # noqa: BLE001 - best effort; the store is unusable anyway
+            pass
+
+    def _close_file(self) -> None:
+        for ns in self._namespaces.values():
+            ns.close()
+        self._namespaces.clear()
+        if self._f is not None:
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001
+                if not self._broken:
+                    raise
+
+    def close(self) -> None:
+        """Close the file and release the writer lock (idempotent)."""
+        try:
+            with self._h5lock:
+                if self._f is not None and self.writable and not self._broken:
+                    with translated(self.path, "closing"):
+                        self._f.flush()
+                self._close_file()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    # -- namespaces ------------------------------------------------------------------------
+
+    def fingerprints(self) -> list[str]:
+        """Fingerprints of the complete namespaces, sorted."""
+        with self._h5lock, translated(self.path, "listing"):
+            return sorted(n for n, g in self._f.items()
+                          if isinstance(g, h5py.Group) and "committed" in g.attrs)
+
+    def has_namespace(self, fp: str) -> bool:
+        return fp in self._namespaces or fp in self.fingerprints()
+
+    def namespace(self, fp: str, spec: dict | None = None, dim: int | None = None,
+                  dtype: str | None = None) -> Namespace:
+        """Open the namespace of fingerprint `fp`; in mode "a" create it if absent (needs
+        `spec`; dim defaults to 2048, dtype to float32). Given dim/dtype/spec must match."""
+        if not isinstance(fp, str) or not _FP.match(fp):
+            raise StoreMismatchError(f"fingerprint {fp!r} is not a valid namespace name "
+                                     "(use store.keys.fingerprint(spec))")
+        if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
+            raise StoreMismatchError(f"store dtype must be one of {DTYPES}, got {dtype!r}")
+        with self._h5lock:
+            ns = self._namespaces.get(fp)
+            if ns is None:
+                if fp not in self.fingerprints():
+                    if not self.writable:
+                        have = ", ".join(x[:12] for x in self.fingerprints()) or "none"
+                        raise StoreNotFoundError(
+                            f"namespace {fp[:12]} is not in {self.path} (it has: {have}); "
+                            "run `ssimcache extract` with this configuration first")
+                    if spec is None:
+                        raise StoreMismatchError(
+                            f"creating namespace {fp[:12]} in {self.path} needs its spec dict")
+                    self._require_writable("creating a namespace")
+                    with self._writing("creating a namespace in"):
+                        create_group(self._f, fp, spec, int(dim or 2048),
+                                     str(np.dtype(dtype or "float32")))
+                ns = self._namespaces[fp] = Namespace(self, fp)
+        self._check_matches(ns, spec, dim, dtype)
+        return ns
+
+    def _check_matches(self, ns: Namespace, spec: dict | None, dim: int | None,
+                       dtype: str | None) -> None:
+        where = f"namespace {ns.fingerprint[:12]} of {self.path}"
+        if dim is not None and int(dim) != ns.dim:
+            raise StoreMismatchError(f"{where} holds {ns.dim}-d vectors, not {dim}-d")
+        if dtype is not None and str(np.dtype(dtype)) != ns.dtype:
+            raise StoreMismatchError(f"{where} stores {ns.dtype}, not {np.dtype(dtype)}; "
+                                     "use the namespace's dtype or another fingerprint")
+        if spec is not None:
+            if json.loads(json.dumps(spec, sort_keys=True)) != ns.spec:
+                raise StoreMismatchError(f"{where} was written with spec {ns.spec}, "
+                                         f"not {spec}: the fingerprint does not match its spec")
+
+    # -- store-level operations ------------------------------------------------------------
+
+    def info(self) -> list[dict]:
+        """Per namespace: fingerprint, rows, dtype, dim, bytes (on disk), spec."""
+        out = []
+        for fp in self.fingerprints():
+            ns = self.namespace(fp)
+            with self._h5lock, translated(self.path, "sizing"):
+                nbytes = sum(int(ds.id.get_storage_size())
+                             for ds in (ns._vec, ns._keyds, ns._sumds))
+            out.append({"fingerprint": fp, "rows": len(ns), "dtype": ns.dtype, "dim": ns.dim,
+                        "bytes": nbytes, "spec": ns.spec})
+        return out
+
+    def verify(self) -> list[str]:
+        """Check every committed row (readable, checksum, finite) and key uniqueness."""
+        from store.maintenance import verify_store
+        return verify_store(self)
+
+    def prune(self, keep: list[str]) -> list[str]:
+        """Remove every namespace whose fingerprint is not in `keep` -> removed fingerprints.
+        Space is reclaimed by `compact()`."""
+        self._require_writable("prune")
+        keep_set = set(keep)
+        removed = [fp for fp in self.fingerprints() if fp not in keep_set]
+        with self._h5lock, self._writing("pruning"):
+            for fp in removed:
+                ns = self._namespaces.pop(fp, None)
+                if ns is not None:
+                    ns.close()
+                del self._f[fp]
+            if removed:
+                sync(self._f)
+        if removed:
+            self.lru.clear()
+        return removed
+
+    def compact(self) -> None:
+        """Rewrite the store into a fresh file (temp + atomic rename), reclaiming space and
+        dropping rows that fail their checks."""
+        self._require_writable("compact")
+        from store.maintenance import compact_store
+        with self._h5lock:
+            compact_store(self)
+
+    def _reopen_after_replace(self) -> None:
+        self._close_file()
+        self._f = open_h5(self.path, "r+")
+        self.lru.clear()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.path!r}, mode={self.mode!r})"
+

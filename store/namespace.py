@@ -1,0 +1,250 @@
+"""One namespace of the feature store: the keys and (N, D) vectors of one fingerprint."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
+from store.fileio import CORRUPT_ADVICE, sync, translated
+from store.keys import key_to_bytes
+from store.rows import CHUNK_ROWS, ChunkMap, read_rows_h5, row_checksums
+
+if TYPE_CHECKING:
+    from store.hdf5 import FeatureStore
+
+DTYPES = ("float32", "float16")
+
+
+def create_group(f: h5py.File, fp: str, spec: dict, dim: int, dtype: str) -> None:
+    """Create a namespace group; the `committed` attribute, written last, marks it complete."""
+    g = f.require_group(fp)
+    for name in list(g):
+        del g[name]
+    g.attrs["spec"] = json.dumps(spec, sort_keys=True)
+    g.attrs["dim"] = dim
+    g.attrs["dtype"] = dtype
+    kw: dict[str, Any] = {"maxshape": (None,), "fletcher32": True}
+    g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+                     chunks=(CHUNK_ROWS, dim), fletcher32=True)
+    # Keys as raw 32-byte digests (N, 32) uint8: fixed size, no string decoding at open.
+    g.create_dataset("keys", shape=(0, 32), maxshape=(None, 32), dtype=np.uint8,
+                     chunks=(4096, 32), fletcher32=True)
+    g.create_dataset("checksums", shape=(0,), dtype=np.uint32, chunks=(4096,), **kw)
+    sync(f)
+    g.attrs["committed"] = np.int64(0)
+    sync(f)
+
+
+class Namespace:
+    """Keys and vectors of one fingerprint. Obtain it from `FeatureStore.namespace`."""
+
+    def __init__(self, store: FeatureStore, fp: str) -> None:
+        self._store = store
+        self._path = store.path
+        self.fingerprint = fp
+        with translated(store.path, f"opening namespace {fp[:12]} of"):
+            g = store._f[fp]
+            self.spec: dict = json.loads(g.attrs["spec"])
+            self.dim = int(g.attrs["dim"])
+            self.dtype = str(g.attrs["dtype"])
+            n = int(g.attrs["committed"])
+            self._vec: h5py.Dataset = g["vectors"]
+            self._keyds: h5py.Dataset = g["keys"]
+            self._sumds: h5py.Dataset = g["checksums"]
+            self._check_layout(n)
+            if store.writable and self._vec.shape[0] > n:
+                # Rows past the counter are a batch a crash interrupted: drop them.
+                for ds in (self._vec, self._keyds, self._sumds):
+                    ds.resize(n, axis=0)
+            keys = self._keyds[:n].tobytes()
+            sums = self._sumds[:n]
+        self._g = g
+        self._n = n
+        # key digest -> row; built in one pass (about 0.3 s per million rows)
+        self._index: dict[bytes, int] = {keys[32 * j:32 * j + 32]: j for j in range(n)}
+        if len(self._index) != n:
+            raise StoreCorruptError(f"namespace {fp[:12]} of {self._path} holds duplicate keys: "
+                                    + CORRUPT_ADVICE)
+        self._sums = np.empty(max(n, 1024), dtype=np.uint32)  # grows by doubling
+        self._sums[:n] = sums
+        self._map: ChunkMap | None = None
+        self._lock = threading.RLock()
+
+    def _check_layout(self, n: int) -> None:
+        if self.dtype not in DTYPES or self._vec.dtype != np.dtype(self.dtype) \
+                or self._vec.shape[1:] != (self.dim,):
+            raise StoreCorruptError(
+                f"namespace {self.fingerprint[:12]} of {self._path}: vectors {self._vec.shape} "
+                f"{self._vec.dtype} disagree with its attributes (dim {self.dim}, {self.dtype}): "
+                + CORRUPT_ADVICE)
+        if not (0 <= n <= min(self._vec.shape[0], self._keyds.shape[0], self._sumds.shape[0])):
+            raise StoreCorruptError(
+                f"namespace {self.fingerprint[:12]} of {self._path}: committed counter {n} points "
+                f"past the stored rows ({self._vec.shape[0]}): " + CORRUPT_ADVICE)
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, key: object) -> bool:
+        return self.contains(key)  # type: ignore[arg-type]
+
+    def contains(self, key: str) -> bool:
+        """True when `key` has a committed vector here (a malformed key is never contained)."""
+        try:
+            return key_to_bytes(key) in self._index
+        except StoreMismatchError:
+            return False
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Keys without a vector here, in input order, each listed once."""
+        seen: set[str] = set()
+        out = []
+        for k in keys:
+            if k not in seen:
+                seen.add(k)
+                if not self.contains(k):
+                    out.append(k)
+        return out
+
+    def keys(self) -> list[str]:
+        """All committed keys, in insertion order."""
+        return [k.hex() for k in list(self._index)[: self._n]]
+
+    def _row_of(self, key: str) -> tuple[bytes, int]:
+        kb = key_to_bytes(key)
+        row = self._index.get(kb)
+        if row is None:
+            raise StoreKeyError(f"key {key} is not in namespace {self.fingerprint[:12]} of "
+                                f"{self._path}; extract it first (see `missing`)")
+        return kb, row
+
+    def get(self, key: str) -> np.ndarray:
+        """The vector (D,) of `key`, read-only, through the store's LRU."""
+        lru = self._store.lru
+        kb = key_to_bytes(key)
+        hit = lru.get((self.fingerprint, kb))
+        if hit is not None:
+            return hit
+        kb, row = self._row_of(key)
+        vec = self._read(np.array([row], dtype=np.int64), [kb])[0]
+        vec.flags.writeable = False
+        lru.put((self.fingerprint, kb), vec)
+        return vec
+
+    def get_many(self, keys: Sequence[str]) -> np.ndarray:
+        """Vectors (N, D) of `keys` in input order (rows read sorted, then unsorted)."""
+        kbs = [key_to_bytes(k) for k in keys]
+        index = self._index
+        rows = np.fromiter((index.get(b, -1) for b in kbs), dtype=np.int64, count=len(kbs))
+        if len(rows) and rows.min() < 0:
+            absent = [k for k, r in zip(keys, rows, strict=True) if r < 0]
+            raise StoreKeyError(
+                f"{len(absent)} of {len(kbs)} keys are not in namespace {self.fingerprint[:12]} "
+                f"of {self._path} (first: {absent[0]}); extract them first (see `missing`)")
+        uniq, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        data = self._read(uniq, [kbs[i] for i in first])
+        return data[inverse]
+
+    # -- reading rows ----------------------------------------------------------------------
+
+    def _chunk_map(self) -> ChunkMap:
+        with self._lock:
+            if self._map is None or self._map.rows != self._n:
+                if self._map is not None:
+                    self._map.close()
+                with translated(self._path, "mapping"):
+                    self._map = ChunkMap(self._path, self._vec, self._n)
+            return self._map
+
+    def _read(self, rows: np.ndarray, kbs: list[bytes]) -> np.ndarray:
+        """Rows `rows` (K,) sorted unique, checked against their checksums -> (K, D)."""
+        raw, mapped = self._chunk_map().gather(rows)
+        out = raw.view(self.dtype).reshape(len(rows), self.dim)
+        expected = self._sums[rows]
+        good = mapped & (row_checksums(kbs, raw) == expected)
+        if not good.all():
+            # Not mapped, or the bytes fail their checksum (a moved chunk, or damage): read
+            # through h5py, which also checks fletcher32, and check again.
+            redo = np.flatnonzero(~good)
+            try:
+                with self._store._h5lock, translated(self._path, "reading"):
+                    fresh = read_rows_h5(self._vec, rows[redo])
+            except StoreCorruptError as e:
+                raise StoreCorruptError(self._corrupt_msg(kbs[redo[0]], str(e))) from None
+            sums = row_checksums([kbs[i] for i in redo], fresh)
+            bad = redo[sums != expected[redo]]
+            if len(bad):
+                raise StoreCorruptError(self._corrupt_msg(kbs[bad[0]], f"{len(bad)} row(s) fail "
+                                                          "their checksum"))
+            out[redo] = fresh
+        return out
+
+    def _corrupt_msg(self, kb: bytes, why: str) -> str:
+        return (f"namespace {self.fingerprint[:12]} of {self._path}: the vector of key "
+                f"{kb.hex()} is damaged ({why}); it was not returned. Run `ssimcache store "
+                f"verify {self._path}`, then `ssimcache store compact` drops damaged rows so "
+                "extract recomputes them")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put_many(self, keys: Sequence[str], vectors: Any) -> int:
+        """Append the vectors of keys not yet stored, as one committed batch -> rows added."""
+        self._store._require_writable("put_many")
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape != (len(keys), self.dim):
+            raise StoreMismatchError(
+                f"put_many into namespace {self.fingerprint[:12]} of {self._path}: expected "
+                f"vectors of shape ({len(keys)}, {self.dim}), got {vectors.shape}")
+        if vectors.dtype.kind not in "fiu":
+            raise StoreMismatchError(f"put_many: vectors must be numeric, got {vectors.dtype}")
+        with self._lock:
+            take, kbs, seen = [], [], set()
+            for i, k in enumerate(keys):
+                kb = key_to_bytes(k)
+                if kb not in self._index and kb not in seen:
+                    seen.add(kb)
+                    take.append(i)
+                    kbs.append(kb)
+            if not take:
+                return 0
+            new = np.ascontiguousarray(vectors[take], dtype=self.dtype)  # (M, D)
+            finite = np.isfinite(new).all(axis=1)
+            if not finite.all():
+                bad = keys[take[int(np.flatnonzero(~finite)[0])]]
+                raise StoreMismatchError(
+                    f"put_many: the vector of key {bad} has NaN/inf values (as {self.dtype}); "
+                    "non-finite vectors are never stored: check the backbone and precision")
+            sums = row_checksums(kbs, new)
+            n0, n1 = self._n, self._n + len(take)
+            f = self._store._f
+            with self._store._h5lock, self._store._writing(f"writing {len(take)} rows to"):
+                for ds in (self._vec, self._keyds, self._sumds):
+                    ds.resize(n1, axis=0)
+                self._vec[n0:n1] = new
+                self._keyds[n0:n1] = np.frombuffer(b"".join(kbs), np.uint8).reshape(-1, 32)
+                self._sumds[n0:n1] = sums
+                sync(f)  # rows are durable before the counter says they exist
+                self._g.attrs["committed"] = np.int64(n1)
+                sync(f)
+            if n1 > len(self._sums):
+                grown = np.empty(max(n1, 2 * len(self._sums)), dtype=np.uint32)
+                grown[:n0] = self._sums[:n0]
+                self._sums = grown
+            self._sums[n0:n1] = sums
+            for j, kb in enumerate(kbs):
+                self._index[kb] = n0 + j
+            self._n = n1
+            return len(take)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
