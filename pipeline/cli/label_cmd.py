@@ -1,0 +1,72 @@
+"""`ssimcache label`: compute SSIM-after-vectorization labels and append them to a CSV."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+
+@click.command("label")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Labels CSV to append `path,ssim,family` rows to (created with a header if "
+                   "new); paths are written relative to its folder.")
+@click.option("--family", default="", show_default=True,
+              help="Value of the family column for these images (e.g. the source set).")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default="all cores", help="Labelling processes.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write failures as a `path,reason` CSV here (written even when empty).")
+@click.option("--strict", is_flag=True, help="Exit 1 if any image fails (default: exit 0 and "
+              "report the failures).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def label(images: tuple[str, ...], out: Path, family: str, workers: int, report: Path | None,
+          strict: bool, no_progress: bool, as_json: bool) -> None:
+    """Label IMAGES (files, folders, globs, @list.txt) with the SSIM between each image and its
+    VTracer vectorization rendered back by resvg (luma, 11x11 Gaussian window, sigma 1.5; alpha
+    composited on white). Images already listed in --out are skipped, so a rerun resumes.
+    """
+    from tqdm import tqdm
+
+    from pipeline.images import expand_inputs
+    from pipeline.labels import label_images
+    from pipeline.labels_write import append_labels, existing_paths, relative_to_csv, write_report
+
+    paths = expand_inputs(images)
+    done = existing_paths(out)
+    todo = [p for p in paths if relative_to_csv(p, out) not in done]
+    with tqdm(total=len(todo), desc="label", unit="img", disable=no_progress) as bar:
+        result = label_images(todo, workers=min(workers, max(1, len(todo))), on_done=bar.update)
+    written = append_labels(out, result.labels, family)
+    if report is not None:
+        write_report(report, result.failures)
+
+    values = [v for _, v in result.labels]
+    summary = {
+        "seen": len(paths),
+        "skipped_already_labelled": len(paths) - len(todo),
+        "labelled": written,
+        "failed": len(result.failures),
+        "mean_ssim": sum(values) / len(values) if values else None,
+        "out": str(out),
+        "report": str(report) if report is not None else None,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        mean = f", mean SSIM {summary['mean_ssim']:.4f}" if values else ""
+        click.echo(f"labelled {written} image(s) into {out}{mean}; "
+                   f"{summary['skipped_already_labelled']} already labelled, "
+                   f"{len(result.failures)} failed")
+    if result.failures:
+        where = f"; see {report}" if report is not None else " (use --report FILE for all)"
+        click.echo(f"{len(result.failures)} image(s) failed{where}", err=True)
+        if report is None:
+            for path, reason in result.failures[:10]:
+                click.echo(f"  {path}: {reason}", err=True)
+        if strict:
+            raise click.ClickException(f"{len(result.failures)} image(s) failed (--strict)")

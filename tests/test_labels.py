@@ -1,0 +1,140 @@
+"""Tests for pipeline.labels and `ssimcache label`, on generated images."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from pipeline.errors import ImageError
+from pipeline.labels import label_image, label_images
+from pipeline.labels_csv import read_labels
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def two_colour_square(size: int = 64) -> Image.Image:
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    img.paste((200, 30, 30), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    return img
+
+
+def noise(size: int = 64, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def transparent_logo(size: int = 64) -> Image.Image:
+    """A blue disc with a half-transparent ring on a fully transparent background."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    rgba = np.zeros((size, size, 4), dtype=np.uint8)
+    rgba[..., :3] = (20, 60, 220)
+    rgba[..., 3] = np.where(r < size / 4, 255, np.where(r < size / 3, 128, 0))
+    return Image.fromarray(rgba, "RGBA")
+
+
+def test_flat_two_colour_square_is_near_perfect():
+    assert label_image(_png(two_colour_square())) >= 0.99
+
+
+def test_uniform_noise_labels_low():
+    assert label_image(_png(noise())) < 0.5
+
+
+def test_transparency_is_composited_on_white():
+    rgba = transparent_logo()
+    # By hand: out = a * colour + (1 - a) * 255, per channel.
+    arr = np.asarray(rgba).astype(np.float64)
+    a = arr[..., 3:4] / 255.0
+    flat = np.rint(arr[..., :3] * a + 255.0 * (1 - a)).astype(np.uint8)
+    by_hand = label_image(_png(Image.fromarray(flat, "RGB")))
+    assert label_image(_png(rgba)) == pytest.approx(by_hand, abs=1e-9)
+    # ... and not on black: the same pixels flattened on black label differently.
+    on_black = Image.new("RGB", rgba.size, (0, 0, 0))
+    on_black.paste(rgba, mask=rgba.split()[3])
+    assert label_image(_png(on_black)) != pytest.approx(by_hand, abs=1e-6)
+
+
+def test_labels_deterministic_and_in_range_across_processes(tmp_path):
+    paths = []
+    for i, img in enumerate([two_colour_square(), noise(seed=1), transparent_logo()]):
+        p = tmp_path / f"img{i}.png"
+        img.save(p)
+        paths.append(p)
+    first = label_images(paths, workers=1)
+    second = label_images(paths, workers=2)  # process pool: same values, same order
+    assert not first.failures and not second.failures
+    assert first.labels == second.labels
+    assert [p for p, _ in first.labels] == paths
+    assert all(-1.0 <= v <= 1.0 for _, v in first.labels)
+
+
+def test_broken_missing_and_tiny_files_become_failure_rows(tmp_path):
+    good = tmp_path / "good.png"
+    two_colour_square().save(good)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage, not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (4, 4), "red").save(tiny)
+    missing = tmp_path / "missing.png"
+    result = label_images([broken, good, truncated, tiny, missing], workers=2)
+    assert [p for p, _ in result.labels] == [good]
+    reasons = dict(result.failures)
+    assert set(reasons) == {broken, truncated, tiny, missing}
+    assert "not found" in reasons[missing] and "7 pixels" in reasons[tiny]
+    with pytest.raises(ImageError, match="cannot decode"):
+        label_image(broken)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    img16 = Image.fromarray(ramp)
+    img8 = Image.fromarray(np.rint(ramp / 257).astype(np.uint8)).convert("RGB")
+    assert label_image(_png(img16)) == pytest.approx(label_image(_png(img8)), abs=1e-9)
+
+
+def test_cli_label_appends_reports_and_resumes(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    two_colour_square().save(imgs / "square.png")
+    transparent_logo().save(imgs / "logo.png")
+    (imgs / "broken.png").write_bytes(b"not a png at all")
+    out, report = tmp_path / "labels.csv", tmp_path / "fails.csv"
+    runner = CliRunner()
+    args = ["label", str(imgs), "--out", str(out), "--family", "test", "--workers", "1",
+            "--report", str(report), "--no-progress"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    rows = read_labels(out)
+    assert sorted(r.path.name for r in rows) == ["logo.png", "square.png"]
+    assert {r.family for r in rows} == {"test"}
+    assert out.read_text().splitlines()[1].startswith("imgs/")
+    with open(report, newline="") as f:
+        fails = list(csv.reader(f))
+    assert len(fails) == 2 and fails[1][0].endswith("broken.png")
+
+    # Rerun: labelled images are skipped (no duplicate rows, no second header); --strict fails.
+    res = runner.invoke(cli, [*args, "--strict", "--json"])
+    assert res.exit_code == 1 and "failed (--strict)" in res.output
+    assert out.read_text().count("path,ssim") == 1 and len(read_labels(out)) == 2
+
+
+def test_cli_label_usage_errors(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["label", "--out", str(tmp_path / "x.csv")]).exit_code == 2
+    res = runner.invoke(cli, ["label", "x.png", "--out", "o.csv", "--workers", "0"])
+    assert res.exit_code == 2
+    res = runner.invoke(cli, ["label", str(tmp_path / "*.png"), "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 1 and "matches no file" in res.output
