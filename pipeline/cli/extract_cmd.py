@@ -1,0 +1,154 @@
+"""`ssimcache extract` and `ssimcache bench extract`: flags -> ExtractConfig -> runner -> output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import click
+
+# The repo's configs/extract.json, found next to the package (not the cwd) so that the CLI
+# behaves the same from any directory; absent (e.g. a wheel install) -> built-in defaults.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "extract.json"
+
+
+def _check_weights(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value == "imagenet" or re.fullmatch(r"random:\d+", value):
+        return value
+    if not Path(value).is_file():
+        raise click.BadParameter(f"{value!r} is neither 'imagenet', 'random:SEED' nor a file")
+    return value
+
+
+def _write_report(path: Path, failures: list[tuple[str, str]]) -> None:
+    """Failure report CSV `path,reason`, written atomically (temp file + os.replace)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "reason"])
+    w.writerows(failures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.command("extract")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False),
+              help="HDF5 feature store (created if absent).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
+              show_default="configs/extract.json of this checkout if present, else built-in",
+              help="JSON defaults; flags override it.")
+@click.option("--weights", callback=_check_weights, show_default="imagenet",
+              help="'imagenet' (torchvision IMAGENET1K_V2 via $TORCH_HOME), a state-dict PATH, "
+                   "or 'random:SEED'.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), show_default="fp32",
+              help="bf16 = autocast (fast on CPUs with AVX512-BF16/AMX); in the fingerprint.")
+@click.option("--image-size", type=click.IntRange(16, 4096), show_default="224",
+              help="Model input side in pixels.")
+@click.option("--resize", type=click.Choice(["direct", "shorter+crop"]), show_default="direct",
+              help="direct: squash to a square (no crop); shorter+crop: scale + centre crop.")
+@click.option("--interpolation", type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos"]),
+              show_default="bilinear", help="Resize filter.")
+@click.option("--antialias/--no-antialias", default=None, show_default="antialias",
+              help="Antialiased (Pillow) or point-sampled (torch) resize.")
+@click.option("--background", show_default="white",
+              help="Colour composited under transparent pixels ('white', '#rrggbb').")
+@click.option("--channels-last/--no-channels-last", default=None, show_default="channels-last",
+              help="NHWC memory format for the convolutions.")
+@click.option("--compile/--no-compile", "compile_", default=None, show_default="no-compile",
+              help="torch.compile the backbone (slow first batch).")
+@click.option("--device", show_default="cpu", help="cpu | cuda | cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), show_default="float32",
+              help="Store dtype of the vectors.")
+@click.option("--batch-size", type=click.IntRange(1), show_default="32",
+              help="Images per forward pass and per committed store batch.")
+@click.option("--workers", type=click.IntRange(0), show_default="0 = number of cores",
+              help="Decode/hash threads.")
+@click.option("--threads", type=click.IntRange(0), show_default="0 = number of cores",
+              help="torch intra-op threads.")
+@click.option("--max-pixels", type=click.IntRange(1), show_default="64000000",
+              help="Larger images fail (decompression-bomb guard).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write failures to this CSV (path,reason).")
+@click.option("--strict", is_flag=True, help="Exit 1 if any input failed.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of the summary line.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
+            report_path: Path | None, strict: bool, as_json: bool, no_progress: bool,
+            compile_: bool | None, **flags: object) -> None:
+    """Run the CPU ResNet-50 over IMAGES (files, folders, globs, @list.txt) into the store.
+
+    Inputs already in the store's namespace for this configuration are skipped, so a rerun
+    after a crash resumes and a grown folder computes only the new images.
+    """
+    from PIL import Image
+
+    from pipeline.config import build_config
+    from pipeline.extract import ExtractConfig
+    from pipeline.extract import extract as run_extract
+    from pipeline.images import expand_inputs
+
+    # Our own max_pixels guard rejects big images; Pillow's warning would only be noise.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    cfg = build_config(ExtractConfig, config_path, {**flags, "compile": compile_})
+    paths = expand_inputs(images)
+    report = run_extract(paths, store_path, cfg, progress=not no_progress)
+    if report_path is not None:
+        _write_report(report_path, report.failures)
+    elif report.failures:
+        for _path, reason in report.failures[:10]:
+            click.echo(f"failed: {reason}", err=True)
+        more = len(report.failures) - 10
+        click.echo(f"... and {more} more" if more > 0 else "(use --report FILE for a CSV)",
+                   err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(report.summary())
+    if strict and report.failures:
+        raise click.ClickException(f"{report.failed} input(s) failed and --strict is set")
+
+
+@click.command("extract")
+@click.option("--images", type=click.IntRange(1), default=200, show_default=True,
+              help="Generated 256x256 PNGs.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Timed runs per mode (median reported).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
+@click.option("--modes", default="a,b,c,d", show_default=True,
+              help="Subset of a (naive seed loop), b (defaults), c (bf16), d (bf16+compile).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("bench-results/extract.json"), show_default=True)
+def bench_extract(images: int, repeats: int, batch_size: int, image_size: int, modes: str,
+                  out: Path) -> None:
+    """Extract throughput: naive seed loop vs defaults vs bf16 vs bf16+compile (random:0)."""
+    from pipeline.bench_extract import format_table, run_bench
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = sorted(set(wanted) - set("abcd"))
+    if bad:
+        raise click.BadParameter(f"unknown mode(s) {bad}", param_hint="--modes")
+    result = run_bench(n_images=images, repeats=repeats, batch_size=batch_size,
+                       image_size=image_size, modes=wanted,
+                       log=lambda s: click.echo(s, err=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    click.echo(format_table(result))
+    click.echo(f"wrote {out}")
