@@ -72,14 +72,18 @@ def open_h5(path: str, mode: str) -> h5py.File:
 def create_h5(path: str) -> h5py.File:
     """Create a fresh store file atomically: build it under a temp name, fsync, rename."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with translated(path, "creating"):
-        f = h5py.File(tmp, "x", locking=False)
-        f.attrs["format"] = "ssimcache-feature-store"
-        f.attrs["format_version"] = 1
-        f.close()
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(os.path.dirname(os.path.abspath(path)))
+    try:
+        with translated(path, "creating"):
+            f = h5py.File(tmp, "x", locking=False)
+            f.attrs["format"] = "ssimcache-feature-store"
+            f.attrs["format_version"] = 1
+            f.close()
+            fsync_path(tmp)
+            os.replace(tmp, path)
+            fsync_path(os.path.dirname(os.path.abspath(path)))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return open_h5(path, "r+")
 
 
@@ -90,6 +94,21 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def reserve(f: h5py.File, nbytes: int) -> None:
+    """Make sure `nbytes` past HDF5's end of allocation are on disk before it writes there.
+
+    A disk that fills in the middle of an HDF5 flush leaves a superblock that promises more
+    file than exists (the next open fails as "truncated"). Allocating the space first with
+    posix_fallocate turns a full disk into a clean OSError before HDF5 writes a byte. The
+    spare tail is reused by later batches and dropped by `compact`.
+    """
+    fd = f.id.get_vfd_handle()
+    target = int(f.id.get_filesize()) + int(nbytes)  # get_filesize: HDF5's end of allocation
+    size = os.fstat(fd).st_size
+    if size < target:
+        os.posix_fallocate(fd, size, target - size)
 
 
 def sync(f: h5py.File) -> None:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
-from store.fileio import CORRUPT_ADVICE, sync, translated
+from store.fileio import CORRUPT_ADVICE, reserve, sync, translated
 from store.keys import key_to_bytes
 from store.rows import CHUNK_ROWS, ChunkMap, read_rows_h5, row_checksums
 
@@ -23,6 +23,7 @@ DTYPES = ("float32", "float16")
 
 def create_group(f: h5py.File, fp: str, spec: dict, dim: int, dtype: str) -> None:
     """Create a namespace group; the `committed` attribute, written last, marks it complete."""
+    reserve(f, 1 << 20)
     g = f.require_group(fp)
     for name in list(g):
         del g[name]
@@ -226,6 +227,7 @@ class Namespace:
             n0, n1 = self._n, self._n + len(take)
             f = self._store._f
             with self._store._h5lock, self._store._writing(f"writing {len(take)} rows to"):
+                reserve(f, self._batch_bytes(n0, n1))
                 for ds in (self._vec, self._keyds, self._sumds):
                     ds.resize(n1, axis=0)
                 self._vec[n0:n1] = new
@@ -243,6 +245,16 @@ class Namespace:
                 self._index[kb] = n0 + j
             self._n = n1
             return len(take)
+
+    def _batch_bytes(self, n0: int, n1: int) -> int:
+        """Generous bound on the bytes HDF5 may allocate to append rows n0..n1: every touched
+        chunk of the three datasets twice (a rewritten chunk may move) plus 1 MiB metadata."""
+        total = 0
+        for ds in (self._vec, self._keyds, self._sumds):
+            c = ds.chunks[0]
+            per_chunk = c * int(np.prod(ds.chunks[1:], dtype=np.int64)) * ds.dtype.itemsize + 4
+            total += (-(-n1 // c) - n0 // c + 1) * per_chunk
+        return 2 * total + (1 << 20)
 
     def close(self) -> None:
         if self._map is not None:
