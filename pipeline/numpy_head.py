@@ -1,0 +1,75 @@
+"""The trained head in plain numpy (BatchNorm folded): scores cached vectors without torch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class NumpyHead:
+    """Eval-mode head: `relu(x @ W0 + b0) ... @ W_L + b_L`, then sigmoid or scaled tanh.
+
+    Built from `SSIMPredictor.fold_numpy()` arrays (feature standardisation and BatchNorm already
+    folded into the Linears), so it matches the torch head in eval mode to float32 rounding.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], output: str = "sigmoid",
+                 dropout: float = 0.0) -> None:
+        n = sum(1 for k in arrays if k.startswith("W"))
+        if n == 0 or any(f"W{i}" not in arrays or f"b{i}" not in arrays for i in range(n)):
+            raise ValueError(f"numpy head arrays must be W0,b0..WL,bL; got {sorted(arrays)}")
+        self.weights = [np.ascontiguousarray(arrays[f"W{i}"], dtype=np.float32) for i in range(n)]
+        self.biases = [np.ascontiguousarray(arrays[f"b{i}"], dtype=np.float32) for i in range(n)]
+        self.output = output
+        self.dropout = dropout
+        self.input_dim = self.weights[0].shape[0]
+
+    def _activate(self, z: np.ndarray) -> np.ndarray:
+        if self.output == "tanh":
+            return 0.5 * (np.tanh(z) + 1.0)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) or (D,) features -> (N,) float32 predicted SSIM."""
+        h = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = h @ w
+            h += b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        return self._activate(h[:, 0]).astype(np.float32)
+
+    def predict_with_uncertainty(self, x: np.ndarray, samples: int = 30,
+                                 seed: int = 0) -> dict[str, np.ndarray]:
+        """Monte Carlo dropout in numpy: `samples` passes with inverted dropout after every hidden
+        ReLU (as nn.Dropout in train mode; BatchNorm stays folded = eval mode, as in the torch
+        version). Seeded with numpy's PCG64, so the same seed gives the same result.
+
+        Returns (N,) arrays: mean, std (unbiased, like torch.std), low/high = 5th/95th percentile.
+        """
+        if samples < 2:
+            raise ValueError(f"samples must be >= 2 for an uncertainty estimate, got {samples}")
+        rng = np.random.default_rng(seed)
+        keep = 1.0 - self.dropout
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        # The first Linear sees no dropout: compute it once for all samples.  (N, H0)
+        first = np.maximum(x @ self.weights[0] + self.biases[0], 0.0)
+        last = len(self.weights) - 1
+        draws = np.empty((samples, x.shape[0]), dtype=np.float32)
+        for s in range(samples):
+            h = first
+            for i in range(1, last + 1):
+                if keep < 1.0:
+                    h = h * (rng.random(h.shape, dtype=np.float32) < keep) / np.float32(keep)
+                h = h @ self.weights[i] + self.biases[i]
+                if i < last:
+                    h = np.maximum(h, 0.0)
+            draws[s] = self._activate(h[:, 0])
+        return {
+            "mean": draws.mean(0),
+            "std": draws.std(0, ddof=1),
+            "low": np.quantile(draws, 0.05, axis=0).astype(np.float32),
+            "high": np.quantile(draws, 0.95, axis=0).astype(np.float32),
+        }

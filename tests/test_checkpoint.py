@@ -1,0 +1,154 @@
+"""Tests of checkpoints: round trip, strictness, fingerprints, pickles refused, torch-free read."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from pipeline.errors import CheckpointError
+from pipeline.head import HeadConfig, SSIMPredictor
+from pipeline.numpy_head import NumpyHead
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = HeadConfig(input_dim=64, hidden_dims=(32, 16))
+SPEC = {"backbone": "fake", "dim": 64}
+FP = "a" * 64
+
+
+def _head(seed: int = 0) -> SSIMPredictor:
+    torch.manual_seed(seed)
+    head = SSIMPredictor(CFG)
+    head.set_feature_stats(np.full(64, 0.5), np.full(64, 0.25))
+    head.train()
+    with torch.no_grad():
+        for _ in range(3):
+            head(torch.rand(32, 64))
+    return head.eval()
+
+
+def _save(tmp_path: Path, head: SSIMPredictor | None = None) -> Path:
+    return save_checkpoint(tmp_path / "head.safetensors", head or _head(), fingerprint=FP,
+                           feature_spec=SPEC, extract_config={"weights": "random:0"},
+                           train_config={"epochs": 3}, metrics={"val": {"mae": 0.1}})
+
+
+def test_round_trip_identical_predictions(tmp_path):
+    head = _head()
+    path = _save(tmp_path, head)
+    ckpt = load_checkpoint(path)
+    rebuilt, report = ckpt.build_head()
+    assert report == {"missing": [], "unexpected": []}
+    x = torch.rand(10, 64)
+    with torch.no_grad():
+        assert torch.equal(head(x), rebuilt(x))
+    got = NumpyHead(ckpt.numpy_head)(x.numpy())
+    assert np.abs(got - head(x)[:, 0].detach().numpy()).max() < 1e-5
+    meta = ckpt.meta
+    assert meta["format"] == FORMAT and ckpt.fingerprint == FP
+    assert meta["feature_spec"] == SPEC and meta["train_config"] == {"epochs": 3}
+    assert meta["metrics"]["val"]["mae"] == 0.1
+    assert {"torch", "numpy", "python"} <= set(meta["versions"]) and meta["created"]
+    assert "VTracer" in meta["label"]
+    assert ckpt.head_config == CFG
+    assert [p.name for p in tmp_path.iterdir()] == ["head.safetensors"], "no temp files left"
+
+
+def test_fingerprint_mismatch_names_both(tmp_path):
+    ckpt = load_checkpoint(_save(tmp_path))
+    ckpt.check_fingerprint(FP)
+    with pytest.raises(CheckpointError) as e:
+        ckpt.check_fingerprint("b" * 64, "store features.h5")
+    assert FP in str(e.value) and "b" * 64 in str(e.value)
+
+
+def test_strict_and_partial_load(tmp_path):
+    path = _save(tmp_path)
+    ckpt = load_checkpoint(path)
+    ckpt.state["extra.weight"] = np.zeros(3, dtype=np.float32)
+    del ckpt.state["mlp.0.bias"]
+    with pytest.raises(CheckpointError, match="missing keys.*mlp.0.bias.*extra.weight"):
+        ckpt.build_head()
+    head, report = ckpt.build_head(strict=False)
+    assert report == {"missing": ["mlp.0.bias"], "unexpected": ["extra.weight"]}
+    ref, _ = load_checkpoint(path).build_head()
+    assert torch.equal(head.mlp[0].weight, ref.mlp[0].weight)
+    ckpt.state["mlp.0.weight"] = np.zeros((2, 2), dtype=np.float32)
+    with pytest.raises(CheckpointError, match="shape"):
+        ckpt.build_head(strict=False)
+
+
+class _Evil:
+    """Unpickling this would create a marker file (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["raw", "torch"])
+def test_malicious_pickle_refused(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    payload = {"state_dict": {}, "meta": {}, "x": _Evil(str(marker))}
+    if kind == "raw":
+        bad.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, bad)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(bad)
+    assert not marker.exists(), "the payload ran"
+    if kind == "raw":  # control: the payload is live, a plain unpickle would run it
+        pickle.loads(bad.read_bytes())
+        assert marker.exists()
+
+
+def test_weights_only_torch_checkpoint_loads(tmp_path):
+    head = _head()
+    meta = json.loads(json.dumps({"head_config": json.loads(CFG.to_json()),
+                                  "fingerprint": FP, "feature_spec": SPEC}))
+    path = tmp_path / "ok.pt"
+    torch.save({"state_dict": head.state_dict(), "meta": meta}, path)
+    ckpt = load_checkpoint(path)
+    x = torch.rand(4, 64)
+    rebuilt, _ = ckpt.build_head()
+    assert torch.equal(rebuilt(x), head(x))
+    assert np.abs(NumpyHead(ckpt.numpy_head)(x.numpy()) - head(x)[:, 0].detach().numpy()
+                  ).max() < 1e-5
+
+
+def test_broken_files_are_checkpoint_errors(tmp_path):
+    path = _save(tmp_path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not an ssimcache"):
+        load_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_reading_needs_no_torch(tmp_path):
+    path = _save(tmp_path)
+    code = ("import sys\nfrom pipeline.checkpoint import load_checkpoint\n"
+            "from pipeline.numpy_head import NumpyHead\nimport numpy as np\n"
+            f"c = load_checkpoint({str(path)!r})\n"
+            "print(NumpyHead(c.numpy_head)(np.zeros((2, 64), np.float32)).shape)\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.split()
+    assert out == ["(2,)", "False"]
