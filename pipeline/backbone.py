@@ -39,7 +39,11 @@ class ResNetFeatureExtractor(nn.Module):
     def load_backbone_state(self, state_dict: dict[str, Any]) -> None:
         """Load torchvision ResNet-50 weights; a classifier (fc.*) in the dict is ignored."""
         sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        result = self.net.load_state_dict(sd, strict=False)
+        try:
+            result = self.net.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise WeightsError(f"state dict does not fit torchvision resnet50: "
+                               f"{str(e).splitlines()[-1].strip()}") from None
         if result.missing_keys or result.unexpected_keys:
             raise WeightsError(
                 "state dict does not fit torchvision resnet50: "

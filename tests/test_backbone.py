@@ -1,0 +1,117 @@
+"""Tests for pipeline.backbone and pipeline.weights (real ResNet-50 with random weights)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import resnet50
+
+from pipeline.backbone import FEATURE_DIM, ResNetFeatureExtractor, load_backbone
+from pipeline.errors import WeightsError
+from pipeline.weights import file_sha256, imagenet_cache_path, imagenet_state_dict, weights_identity
+
+# ResNet-50 minus its 2048 x 1000 classifier (+ bias): 25,557,032 - 2,049,000
+RESNET50_NO_FC = 23_508_032
+
+
+@pytest.fixture(scope="module")
+def model() -> ResNetFeatureExtractor:
+    return load_backbone("random:0")
+
+
+@pytest.mark.parametrize("b,size", [(1, 224), (8, 64), (3, 64), (5, 96)])
+def test_output_shape(model: ResNetFeatureExtractor, b: int, size: int) -> None:
+    with torch.inference_mode():
+        y = model(torch.randn(b, 3, size, size))
+    assert y.shape == (b, FEATURE_DIM) and torch.isfinite(y).all()
+
+
+def test_batch_rows_are_independent(model: ResNetFeatureExtractor) -> None:
+    # eval-mode BatchNorm: a row's vector must not depend on the other rows of its batch
+    x = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        full, one = model(x), model(x[1:2])
+    torch.testing.assert_close(full[1:2], one, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_counts_and_unfreeze(model: ResNetFeatureExtractor) -> None:
+    assert model.parameter_counts() == {"trainable": 0, "frozen": RESNET50_NO_FC,
+                                        "total": RESNET50_NO_FC}
+    m = ResNetFeatureExtractor(freeze=False)
+    assert m.parameter_counts()["trainable"] == RESNET50_NO_FC
+    m.freeze()
+    assert m.parameter_counts()["frozen"] == RESNET50_NO_FC
+    m.unfreeze()
+    assert m.parameter_counts()["frozen"] == 0
+
+
+def test_random_seed_is_deterministic_across_processes(model: ResNetFeatureExtractor) -> None:
+    code = ("from pipeline.backbone import load_backbone; m = load_backbone('random:0'); "
+            "print(repr(float(sum(p.double().sum() for p in m.parameters()))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    here = float(sum(p.double().sum() for p in model.parameters()))
+    assert float(out) == here
+    other = load_backbone("random:1")
+    assert not torch.equal(other.net.conv1.weight, model.net.conv1.weight)
+    # the caller's global RNG is untouched by a seeded build
+    torch.manual_seed(123)
+    a = torch.rand(1)
+    torch.manual_seed(123)
+    load_backbone("random:5")
+    assert torch.equal(torch.rand(1), a)
+
+
+@pytest.mark.parametrize("with_fc", [True, False])
+def test_state_dict_file_loads_and_is_fingerprinted_by_digest(tmp_path: Path,
+                                                              with_fc: bool) -> None:
+    torch.manual_seed(7)
+    src = resnet50(weights=None)
+    sd = src.state_dict()
+    if not with_fc:
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    path = tmp_path / "w.pt"
+    torch.save(sd, path)
+    m = load_backbone(str(path))
+    torch.testing.assert_close(m.net.layer4[2].conv3.weight, src.layer4[2].conv3.weight)
+    ident = weights_identity(str(path))
+    assert ident == {"kind": "file", "sha256": file_sha256(path)}
+    # same tensors, different file bytes -> a different identity (digest, not the path name)
+    torch.save({**sd, "extra_note": torch.zeros(1)}, tmp_path / "w2.pt")
+    assert weights_identity(str(tmp_path / "w2.pt")) != ident
+
+
+def test_bad_weight_files_raise_weights_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot be loaded"):
+        load_backbone(str(junk))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv1.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(WeightsError, match="does not fit"):
+        load_backbone(str(wrong))
+    with pytest.raises(WeightsError, match="no such file"):
+        weights_identity(str(tmp_path / "missing.pt"))
+
+
+def test_imagenet_offline_fails_fast_naming_the_cache_path(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    cache = imagenet_cache_path()
+    assert cache == tmp_path / "th" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    t = time.monotonic()
+    with pytest.raises(WeightsError) as e:
+        # no network here; where one exists the env switch gives the same offline answer
+        monkeypatch.setenv("SSIMCACHE_OFFLINE", os.environ.get("SSIMCACHE_OFFLINE", "0"))
+        imagenet_state_dict()
+    assert time.monotonic() - t < 60
+    msg = str(e.value)
+    assert str(cache) in msg and "--weights PATH" in msg and "random:SEED" in msg
+    assert weights_identity("imagenet") == {"kind": "torchvision",
+                                            "name": "ResNet50_Weights.IMAGENET1K_V2"}

@@ -1,0 +1,218 @@
+"""Tests for the stage-one runner (pipeline.extract), its compute step and feature spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.compute import ExtractWorker, compute_batch
+from pipeline.config import build_config, config_to_dict
+from pipeline.errors import ImageError
+from pipeline.extract import ExtractConfig, Runner, extract, feature_spec
+from pipeline.images import expand_inputs
+from store.hdf5 import FeatureStore
+from store.keys import content_key, fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FakeBackbone(torch.nn.Module):
+    """(B, 3, S, S) -> (B, 6): per-channel mean and std, so vectors depend on the pixels."""
+
+    feature_dim = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.rows += x.shape[0]
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+
+def _cfg(**kw) -> ExtractConfig:
+    base = {"weights": "random:0", "image_size": 16, "batch_size": 3, "workers": 2}
+    return ExtractConfig(**{**base, **kw})
+
+
+def _images(folder: Path, n: int, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    out = []
+    for i in range(start, start + n):
+        p = folder / f"im{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def _run(paths, store, cfg=None, fake=None):
+    fake = fake or FakeBackbone()
+    return extract(expand_inputs(paths), store, cfg or _cfg(), backbone=fake, progress=False), fake
+
+
+def test_rerun_computes_nothing_and_growth_computes_only_new(tmp_path: Path) -> None:
+    imgs = _images(tmp_path / "in", 7)
+    store = tmp_path / "f.h5"
+    r1, f1 = _run([tmp_path / "in"], store)
+    assert (r1.seen, r1.cached, r1.computed, r1.failed) == (7, 0, 7, 0)
+    assert f1.rows == 7 and f1.calls == 3  # batches of 3, 3, 1
+    assert r1.keys == {str(p): content_key(p) for p in imgs}
+    r2, f2 = _run([tmp_path / "in"], store)
+    assert (r2.cached, r2.computed) == (7, 0) and f2.rows == 0
+    _images(tmp_path / "in", 2, start=7)
+    r3, f3 = _run([tmp_path / "in"], store)
+    assert (r3.seen, r3.cached, r3.computed) == (9, 7, 2) and f3.rows == 2
+    with FeatureStore(store, mode="r") as fs:
+        ns = fs.namespace(r1.fingerprint)
+        assert len(ns) == 9 and ns.dim == 6
+        assert ns.spec == feature_spec(_cfg())
+
+
+def test_identical_bytes_are_one_row(tmp_path: Path) -> None:
+    (a,) = _images(tmp_path / "in", 1)
+    shutil.copy(a, tmp_path / "in" / "copy.png")
+    r, fake = _run([tmp_path / "in"], tmp_path / "f.h5")
+    assert (r.seen, r.computed, r.duplicates) == (2, 1, 1) and fake.rows == 1
+    assert r.keys[str(a)] == r.keys[str(tmp_path / "in" / "copy.png")]
+    with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
+        assert len(fs.namespace(r.fingerprint)) == 1
+
+
+@pytest.mark.parametrize("change", [{"image_size": 24}, {"weights": "random:1"},
+                                    {"precision": "bf16"}, {"interpolation": "bicubic"}])
+def test_changed_spec_is_a_new_namespace_and_old_one_untouched(tmp_path: Path,
+                                                               change: dict) -> None:
+    _images(tmp_path / "in", 4)
+    store = tmp_path / "f.h5"
+    r1, _ = _run([tmp_path / "in"], store)
+    with FeatureStore(store, mode="r") as fs:
+        ns = fs.namespace(r1.fingerprint)
+        before = ns.get_many(ns.keys()).copy()
+    r2, fake = _run([tmp_path / "in"], store, _cfg(**change))
+    assert r2.fingerprint != r1.fingerprint and r2.computed == 4 and fake.rows == 4
+    with FeatureStore(store, mode="r") as fs:
+        assert set(fs.fingerprints()) == {r1.fingerprint, r2.fingerprint}
+        ns = fs.namespace(r1.fingerprint)
+        np.testing.assert_array_equal(ns.get_many(ns.keys()), before)
+
+
+def test_speed_options_keep_the_fingerprint() -> None:
+    base = fingerprint(feature_spec(_cfg()))
+    for change in [{"batch_size": 64}, {"workers": 7}, {"threads": 1}, {"max_pixels": 5},
+                   {"prefetch": 9}, {"background": "#FFFFFF"}]:
+        assert fingerprint(feature_spec(_cfg(**change))) == base, change
+    for change in [{"antialias": False}, {"resize": "shorter+crop"}, {"background": "black"},
+                   {"mean": (0.5, 0.5, 0.5)}, {"channels_last": False}, {"compile": True},
+                   {"dtype": "float16"}]:
+        assert fingerprint(feature_spec(_cfg(**change))) != base, change
+
+
+def test_bad_files_are_report_rows_and_the_run_completes(tmp_path: Path) -> None:
+    good = _images(tmp_path / "in", 3)
+    d = tmp_path / "in"
+    (d / "zero.png").write_bytes(b"")
+    (d / "text.png").write_bytes(b"hello, not an image")
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+    noisy = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(d / "full.png")
+    (d / "trunc.png").write_bytes((d / "full.png").read_bytes()[:-500])
+    (d / "full.png").unlink()
+    Image.new("L", (300, 300)).save(d / "bomb.png")  # over the max_pixels set below
+    r, fake = _run([d, tmp_path / "missing.png"], tmp_path / "f.h5", _cfg(max_pixels=50_000))
+    reasons = dict(r.failures)
+    assert r.computed == len(good) and fake.rows == len(good) and r.failed == 6
+    assert "empty" in reasons[str(d / "zero.png")]
+    assert "not an image" in reasons[str(d / "text.png")]
+    assert str(d / "corrupt.jpg") in reasons and str(d / "trunc.png") in reasons
+    assert "too large" in reasons[str(d / "bomb.png")]
+    assert "not found" in reasons[str(tmp_path / "missing.png")]
+    assert set(r.keys) == {str(p) for p in good}
+
+
+def test_report_json_has_exactly_the_issue_fields(tmp_path: Path) -> None:
+    _images(tmp_path / "in", 2)
+    r, _ = _run([tmp_path / "in"], tmp_path / "f.h5")
+    assert set(r.to_json()) == {"seen", "cached", "computed", "failed", "images_per_s",
+                                "fingerprint"}
+    assert r.fingerprint in r.summary() and "computed 2" in r.summary()
+
+
+def test_worker_pickles_without_its_model_and_computes_the_same(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "in", 3) + [tmp_path / "nope.png"]
+    worker = ExtractWorker(_cfg(), backbone=FakeBackbone())
+    res = worker.compute(paths)
+    clone = pickle.loads(pickle.dumps(worker))
+    assert clone._model is None and clone._pool is None
+    res2 = clone.compute(paths)
+    assert res.keys == res2.keys == [content_key(p) for p in paths[:3]]
+    assert res.vectors.shape == (3, 6)
+    np.testing.assert_array_equal(res.vectors, res2.vectors)
+    assert [p for p, _ in res.failures] == [str(paths[3])]
+    with pytest.raises(ImageError, match="changed while extracting"):
+        worker.load(paths[0], key="0" * 64)
+
+
+def test_compute_batch_and_extract_agree_on_vectors(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "in", 4)
+    cfg = _cfg(channels_last=False)
+    r, _ = _run(paths, tmp_path / "f.h5", cfg)
+    w = ExtractWorker(cfg, backbone=FakeBackbone())
+    import pipeline.compute as compute
+    compute._WORKERS[cfg] = w  # what compute_batch would build, with the fake backbone
+    res = compute_batch(paths, cfg)
+    with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
+        np.testing.assert_allclose(fs.namespace(r.fingerprint).get_many(res.keys), res.vectors,
+                                   rtol=1e-6)
+    compute._WORKERS.pop(cfg)
+
+
+def test_runner_is_built_from_parts() -> None:
+    written: list[tuple[list[str], tuple[int, ...]]] = []
+
+    def load(path: str, key: str):
+        if path == "bad":
+            raise ImageError("bad: broken")
+        return key, np.full((2, 2, 3), int(key), np.uint8)
+
+    runner = Runner(load, lambda b: b.reshape(len(b), -1).astype(np.float32),
+                    lambda k, v: written.append((k, v.shape)), batch_size=2, workers=2)
+    items = [("p0", "0"), ("bad", "9"), ("p1", "1"), ("p2", "2"), ("p3", "3")]
+    failures, timings = runner.run(items)
+    assert failures == [("bad", "broken")]
+    assert written == [(["0"], (1, 12)), (["1", "2"], (2, 12)), (["3"], (1, 12))]
+    assert set(timings) == {"decode_s", "wait_s", "model_s", "write_s"}
+
+
+def test_config_file_matches_defaults_and_unknown_keys_fail(tmp_path: Path) -> None:
+    assert build_config(ExtractConfig, REPO / "configs" / "extract.json") == ExtractConfig()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"wieghts": "imagenet"}')
+    with pytest.raises(Exception, match="unknown key"):
+        build_config(ExtractConfig, bad)
+    assert config_to_dict(dataclasses.replace(ExtractConfig(), batch_size=4))["batch_size"] == 4
+
+
+def test_real_resnet_end_to_end_on_odd_modes(tmp_path: Path) -> None:
+    """Real ResNet-50 (random:0, 32 px input): gray, RGBA, palette and 16-bit files."""
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.new("L", (40, 30), 90).save(d / "gray.png")
+    Image.new("RGBA", (30, 40), (10, 200, 30, 100)).save(d / "rgba.png")
+    Image.new("RGB", (33, 33), (200, 10, 10)).convert("P").save(d / "pal.gif")
+    Image.fromarray((np.arange(900).reshape(30, 30) * 70).astype(np.uint16)).save(d / "g16.png")
+    cfg = ExtractConfig(weights="random:0", image_size=32, batch_size=3, precision="bf16")
+    r = extract(expand_inputs([d]), tmp_path / "f.h5", cfg, progress=False)
+    assert (r.computed, r.failed) == (4, 0)
+    with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
+        v = fs.namespace(r.fingerprint).get_many(list(r.keys.values()))
+    assert v.shape == (4, 2048) and np.isfinite(v).all()

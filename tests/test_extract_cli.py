@@ -1,0 +1,138 @@
+"""Tests for `ssimcache extract`: output, report, --strict, offline imagenet, kill and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from store.hdf5 import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--weights", "random:0", "--image-size", "32", "--no-progress"]
+
+
+def _images(folder: Path, n: int, size: int = 40) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        p = folder / f"im{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env.pop("SSIMCACHE_OFFLINE", None)
+    return env
+
+
+def test_summary_json_report_and_strict(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    _images(d, 3)
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    store, report = tmp_path / "f.h5", tmp_path / "out" / "fails.csv"
+    run = CliRunner().invoke
+    res = run(cli, ["extract", str(d), "--store", str(store), *FAST, "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip().splitlines()[-1]
+    assert re.match(r"seen 4, already cached 0, computed 3, failed 1, [\d.]+ img/s, "
+                    r"namespace [0-9a-f]{64}$", line), line
+    with open(report, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "reason"] and rows[1][0] == str(d / "broken.png")
+    res = run(cli, ["extract", str(d), "--store", str(store), *FAST, "--json"])
+    obj = json.loads(res.stdout)
+    assert set(obj) == {"seen", "cached", "computed", "failed", "images_per_s", "fingerprint"}
+    assert (obj["cached"], obj["computed"], obj["failed"]) == (3, 0, 1)
+    res = run(cli, ["extract", str(d), "--store", str(store), *FAST, "--strict"])
+    assert res.exit_code == 1 and "--strict" in res.output
+    (d / "broken.png").unlink()
+    assert run(cli, ["extract", str(d), "--store", str(store), *FAST, "--strict"]).exit_code == 0
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    res = run(cli, ["extract", str(tmp_path), "--store", "x.h5", "--weights", "nonsense"])
+    assert res.exit_code == 2 and "random:SEED" in res.output
+    res = run(cli, ["extract", str(tmp_path), "--store", "x.h5", "--precision", "fp8"])
+    assert res.exit_code == 2
+
+
+def test_imagenet_offline_fails_fast_with_directions(tmp_path: Path) -> None:
+    _images(tmp_path / "in", 1)
+    # A subprocess timeout, not a timing assert: a hang fails the test instead of blocking CI.
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "extract", str(tmp_path / "in"), "--store",
+         str(tmp_path / "f.h5"), "--weights", "imagenet", "--no-progress"],
+        capture_output=True, text=True, timeout=45, cwd=tmp_path,
+        env=_env(TORCH_HOME=str(tmp_path / "th")))
+    assert res.returncode == 1, res.stderr
+    cache = tmp_path / "th" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    assert res.stderr.startswith("Error: ") and "Traceback" not in res.stderr
+    assert str(cache) in res.stderr and "--weights PATH" in res.stderr
+    assert "random:SEED" in res.stderr
+
+
+def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
+    n = 40
+    _images(tmp_path / "in", n, size=64)
+    store = tmp_path / "f.h5"
+    args = [sys.executable, "-m", "pipeline", "extract", str(tmp_path / "in"), "--store",
+            str(store), "--weights", "random:0", "--batch-size", "2", "--threads", "1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            env=_env(), cwd=tmp_path)
+    seen, deadline = b"", time.monotonic() + 120
+    try:
+        # tqdm updates the bar after each committed batch: kill at the first "k/40" with k >= 2
+        while time.monotonic() < deadline:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+            done = [int(k) for k in re.findall(rb"(\d+)/%d" % n, seen)]
+            if done and max(done) >= 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, seen.decode(errors="replace")
+    with FeatureStore(store, mode="r") as fs:
+        (fp,) = fs.fingerprints()
+        committed = set(fs.namespace(fp).keys())
+    assert 2 <= len(committed) < n, "the run was not killed mid-way"
+    res = subprocess.run(args + ["--json", "--no-progress"], capture_output=True, text=True,
+                         timeout=300, env=_env(), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    obj = json.loads(res.stdout)
+    k = len(committed)
+    assert (obj["cached"], obj["computed"], obj["failed"]) == (k, n - k, 0)
+    with FeatureStore(store, mode="r") as fs:
+        assert fs.verify() == []
+        assert len(fs.namespace(fp)) == n
+
+
+def test_default_config_is_found_from_any_cwd(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.cli.extract_cmd import DEFAULT_CONFIG
+
+    # resolved next to the package, not the cwd: the same defaults from any directory
+    assert DEFAULT_CONFIG == REPO / "configs" / "extract.json"
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["extract", "--help"])
+    assert res.exit_code == 0 and "configs/extract.json" in res.output
