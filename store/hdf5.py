@@ -8,7 +8,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -231,10 +231,11 @@ class FeatureStore:
                         "bytes": nbytes, "spec": ns.spec})
         return out
 
-    def verify(self) -> list[str]:
-        """Check every committed row (readable, checksum, finite) and key uniqueness."""
+    def verify(self, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Check every committed row (readable, checksum, finite) and key uniqueness ->
+        problems, empty when healthy. `progress(rows)` is called as rows are checked."""
         from store.maintenance import verify_store
-        return verify_store(self)
+        return verify_store(self, progress)
 
     def prune(self, keep: list[str]) -> list[str]:
         """Remove every namespace whose fingerprint is not in `keep` -> removed fingerprints.

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,17 @@ def key_to_bytes(key: str) -> bytes:
             f"store key {key!r} is not a 64-character lowercase sha256 hex digest; "
             "make keys with store.keys.content_key")
     return bytes.fromhex(key)
+
+
+def keys_to_bytes(keys: Sequence[str]) -> list[bytes]:
+    """Digests of many keys at once (one fromhex over the joined string); same checks."""
+    try:
+        joined = "".join(keys)
+        raw = bytes.fromhex(joined)
+        ok = len(joined) == 64 * len(keys) and len(raw) == 32 * len(keys) \
+            and joined == joined.lower()
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:  # find the culprit and name it
+        return [key_to_bytes(k) for k in keys]
+    return [raw[i:i + 32] for i in range(0, len(raw), 32)]

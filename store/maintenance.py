@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h5py
@@ -20,10 +21,11 @@ BLOCK_ROWS = 4096  # rows per read while scanning: 32 MiB of float32 x 2048
 MAX_LISTED = 20    # problems listed per namespace before summarising
 
 
-def _scan(ns: Namespace, report: list[str]) -> tuple[list[bytes], np.ndarray]:
-    """Yield-free scan of a namespace -> (row keys, (N,) bool row is good); bad rows reported.
+def _scan(ns: Namespace, report: list[str],
+          progress: Callable[[int], None] | None = None) -> tuple[list[bytes], np.ndarray]:
+    """Check every committed row -> (row keys, (N,) bool: row is good); bad rows reported.
 
-    A row is good when its chunk reads (fletcher32) and its crc32 over key + bytes matches.
+    A row is good when its chunk reads (fletcher32) and its checksum over key + bytes matches.
     Rows of an unreadable chunk are re-checked from raw bytes so one damaged row does not
     condemn its 63 neighbours.
     """
@@ -58,13 +60,16 @@ def _scan(ns: Namespace, report: list[str]) -> tuple[list[bytes], np.ndarray]:
                 why = "checksum mismatch" if not sums_ok[i] else "non-finite values"
                 report.append(f"row {clo + i} (key {rk[i].hex()}): {why}")
             good[clo:chi] = sums_ok & finite
+        if progress is not None:
+            progress(hi - lo)
     if cmap is not None:
         cmap.close()
     return keys, good
 
 
-def verify_store(fs: FeatureStore) -> list[str]:
-    """Problems found in `fs` as readable lines; empty when every committed row is sound."""
+def verify_store(fs: FeatureStore, progress: Callable[[int], None] | None = None) -> list[str]:
+    """Problems found in `fs` as readable lines; empty when every committed row is sound.
+    `progress(rows)` is called as rows are checked."""
     problems: list[str] = []
     try:
         fps = fs.fingerprints()
@@ -75,7 +80,7 @@ def verify_store(fs: FeatureStore) -> list[str]:
             ns = fs.namespace(fp)
             report: list[str] = []
             with fs._h5lock:
-                _scan(ns, report)
+                _scan(ns, report, progress)
         except StoreError as e:
             problems.append(f"namespace {fp[:12]}: {e}")
             continue

@@ -12,7 +12,7 @@ import numpy as np
 
 from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
 from store.fileio import CORRUPT_ADVICE, reserve, sync, translated
-from store.keys import key_to_bytes
+from store.keys import key_to_bytes, keys_to_bytes
 from store.rows import CHUNK_ROWS, ChunkMap, read_rows_h5, row_checksums
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def create_group(f: h5py.File, fp: str, spec: dict, dim: int, dtype: str) -> Non
     # Keys as raw 32-byte digests (N, 32) uint8: fixed size, no string decoding at open.
     g.create_dataset("keys", shape=(0, 32), maxshape=(None, 32), dtype=np.uint8,
                      chunks=(4096, 32), fletcher32=True)
-    g.create_dataset("checksums", shape=(0,), dtype=np.uint32, chunks=(4096,), **kw)
+    g.create_dataset("checksums", shape=(0,), dtype=np.uint64, chunks=(4096,), **kw)
     sync(f)
     g.attrs["committed"] = np.int64(0)
     sync(f)
@@ -72,7 +72,7 @@ class Namespace:
         if len(self._index) != n:
             raise StoreCorruptError(f"namespace {fp[:12]} of {self._path} holds duplicate keys: "
                                     + CORRUPT_ADVICE)
-        self._sums = np.empty(max(n, 1024), dtype=np.uint32)  # grows by doubling
+        self._sums = np.empty(max(n, 1024), dtype=np.uint64)  # grows by doubling
         self._sums[:n] = sums
         self._map: ChunkMap | None = None
         self._lock = threading.RLock()
@@ -141,8 +141,10 @@ class Namespace:
         return vec
 
     def get_many(self, keys: Sequence[str]) -> np.ndarray:
-        """Vectors (N, D) of `keys` in input order (rows read sorted, then unsorted)."""
-        kbs = [key_to_bytes(k) for k in keys]
+        """Vectors (N, D) of `keys` in input order; every row checked against its checksum."""
+        kbs = keys_to_bytes(keys)
+        if not kbs:
+            return np.empty((0, self.dim), dtype=self.dtype)
         index = self._index
         rows = np.fromiter((index.get(b, -1) for b in kbs), dtype=np.int64, count=len(kbs))
         if len(rows) and rows.min() < 0:
@@ -150,9 +152,9 @@ class Namespace:
             raise StoreKeyError(
                 f"{len(absent)} of {len(kbs)} keys are not in namespace {self.fingerprint[:12]} "
                 f"of {self._path} (first: {absent[0]}); extract them first (see `missing`)")
-        uniq, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-        data = self._read(uniq, [kbs[i] for i in first])
-        return data[inverse]
+        # Gathered straight into input order: from the memmap, sorting buys nothing on a warm
+        # page cache and would cost a second (N, D) copy to unsort. h5py reads are sorted.
+        return self._read(rows, kbs)
 
     # -- reading rows ----------------------------------------------------------------------
 
@@ -166,18 +168,19 @@ class Namespace:
             return self._map
 
     def _read(self, rows: np.ndarray, kbs: list[bytes]) -> np.ndarray:
-        """Rows `rows` (K,) sorted unique, checked against their checksums -> (K, D)."""
+        """Rows `rows` (K,) in any order, checked against their checksums -> (K, D)."""
         raw, mapped = self._chunk_map().gather(rows)
         out = raw.view(self.dtype).reshape(len(rows), self.dim)
         expected = self._sums[rows]
         good = mapped & (row_checksums(kbs, raw) == expected)
         if not good.all():
             # Not mapped, or the bytes fail their checksum (a moved chunk, or damage): read
-            # through h5py, which also checks fletcher32, and check again.
+            # through h5py (sorted unique rows, as it needs), which also checks fletcher32.
             redo = np.flatnonzero(~good)
+            uniq, inverse = np.unique(rows[redo], return_inverse=True)
             try:
                 with self._store._h5lock, translated(self._path, "reading"):
-                    fresh = read_rows_h5(self._vec, rows[redo])
+                    fresh = read_rows_h5(self._vec, uniq)[inverse]
             except StoreCorruptError as e:
                 raise StoreCorruptError(self._corrupt_msg(kbs[redo[0]], str(e))) from None
             sums = row_checksums([kbs[i] for i in redo], fresh)
@@ -237,7 +240,7 @@ class Namespace:
                 self._g.attrs["committed"] = np.int64(n1)
                 sync(f)
             if n1 > len(self._sums):
-                grown = np.empty(max(n1, 2 * len(self._sums)), dtype=np.uint32)
+                grown = np.empty(max(n1, 2 * len(self._sums)), dtype=np.uint64)
                 grown[:n0] = self._sums[:n0]
                 self._sums = grown
             self._sums[n0:n1] = sums

@@ -5,13 +5,13 @@ compression), so each chunk is stored as raw row bytes followed by a 4-byte chec
 first read we ask HDF5 where every chunk lies (`chunk_iter`, one pass over the chunk index)
 and then gather scattered rows straight from a read-only memmap of the file: one memcpy
 per row instead of HDF5 decoding a whole chunk per row. Every gathered row is checked
-against its stored crc32 (over key + row bytes); a row that fails is re-read through h5py,
+against its stored checksum (over key + row bytes); a row that fails is re-read through h5py,
 which also checks the chunk's fletcher32, and only then reported as corrupt.
 """
 
 from __future__ import annotations
 
-import zlib
+import functools
 
 import h5py
 import numpy as np
@@ -20,12 +20,44 @@ from numpy.lib.stride_tricks import as_strided
 CHUNK_ROWS = 64  # 64 x 2048 x 4 B = 512 KiB per float32 chunk; fits h5py's 1 MiB chunk cache
 
 
+_SEED = np.uint64(0x5CC1_7E57_0000_0001)  # a zero row, key and checksum never match
+_BLOCK = 256  # rows per vectorised step: keeps the (rows, words) product in cache
+
+
+def _splitmix64(i: np.ndarray) -> np.ndarray:
+    """Deterministic well-mixed uint64s (SplitMix64); wraps mod 2**64 by design."""
+    z = i + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@functools.lru_cache(maxsize=16)
+def _weights(nwords: int) -> np.ndarray:
+    # Odd weights: multiplying by an odd number is a bijection mod 2**64, so changing any
+    # single 8-byte word of a row always changes its sum.
+    return _splitmix64(np.arange(nwords, dtype=np.uint64)) | np.uint64(1)
+
+
 def row_checksums(keys: list[bytes], rows: np.ndarray) -> np.ndarray:
-    """crc32 of each key's 32 bytes followed by its row's bytes -> (N,) uint32."""
-    rows = np.ascontiguousarray(rows)
-    out = np.empty(len(keys), dtype=np.uint32)
-    for i, (k, r) in enumerate(zip(keys, rows, strict=True)):
-        out[i] = zlib.crc32(r.data, zlib.crc32(k))
+    """Per-row checksum over key + row bytes -> (N,) uint64.
+
+    seed + sum_j w_j * word_j (mod 2**64) over the row's little-endian 64-bit words (zero
+    padded) and the key's 4 words, with fixed odd weights. Vectorised: about twice as fast
+    as zlib.crc32 per row and free of per-row Python calls, which matters for get_many.
+    """
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    b = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8)  # (N, row_bytes)
+    if b.shape[1] % 8:
+        b = np.concatenate([b, np.zeros((n, 8 - b.shape[1] % 8), np.uint8)], axis=1)
+    words = b.view("<u8")  # (N, W)
+    kw = np.frombuffer(b"".join(keys), dtype="<u8").reshape(n, 4)
+    w = _weights(words.shape[1] + 4)
+    out = (kw * w[-4:]).sum(axis=1, dtype=np.uint64) + _SEED
+    for lo in range(0, n, _BLOCK):
+        out[lo:lo + _BLOCK] += (words[lo:lo + _BLOCK] * w[:-4]).sum(axis=1, dtype=np.uint64)
     return out
 
 
@@ -70,13 +102,16 @@ class ChunkMap:
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw bytes of `rows` (K,) -> ((K, row_bytes) uint8, (K,) bool: came from the map)."""
-        out = np.zeros((len(rows), self.row_bytes), dtype=np.uint8)
         if self._mm is None or len(rows) == 0:
-            return out, np.zeros(len(rows), dtype=bool)
+            return (np.zeros((len(rows), self.row_bytes), dtype=np.uint8),
+                    np.zeros(len(rows), dtype=bool))
         base = self.offsets[rows // self.chunk_rows]
         ok = base >= 0
-        byte = base[ok] + (rows[ok] % self.chunk_rows) * self.row_bytes
-        out[ok] = self._view[byte]
+        byte = base + (rows % self.chunk_rows) * self.row_bytes
+        if ok.all():
+            return self._view[byte], ok  # one copy, straight into the result
+        out = np.zeros((len(rows), self.row_bytes), dtype=np.uint8)
+        out[ok] = self._view[byte[ok]]
         return out, ok
 
     def close(self) -> None:
