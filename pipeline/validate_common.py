@@ -1,0 +1,208 @@
+"""Shared pieces of the validation suite: config, check result, model-call and RSS helpers."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+ALL_CHECKS: tuple[str, ...] = (
+    "dimensions", "gradients", "memory", "performance", "stability",
+    "robustness", "profile", "comparison",
+)
+
+
+class ValidateError(PipelineError):
+    """The validation suite cannot run as asked (bad check name, unusable model or inputs)."""
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Every knob of `ssimcache validate`; thresholds are the pass/fail lines the report states."""
+
+    checks: tuple[str, ...] = ALL_CHECKS
+    image_size: int = 224
+    feature_dim: int = 2048
+    # dimensions: batch sizes at image_size (odd ones on purpose), extra sizes tried if allowed
+    batch_sizes: tuple[int, ...] = (1, 8, 3, 5)
+    extra_sizes: tuple[int, ...] = (160, 256)
+    # gradients: per-layer gradient norm outside [vanish, explode] fails
+    grad_batch: int = 4
+    vanish_threshold: float = 1e-7
+    explode_threshold: float = 1e3
+    # memory: absolute process peak RSS limits (seed: < 1 GB inference, < 2 GB training)
+    memory_batch_sizes: tuple[int, ...] = (1, 4, 8)
+    inference_rss_limit_mb: float = 1024.0
+    training_rss_limit_mb: float = 2048.0
+    leak_iterations: int = 100
+    leak_threshold_mb: float = 16.0
+    # performance: seed targets, evaluated with all cores
+    latency_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    latency_repeats: int = 5
+    target_single_ms: float = 50.0
+    target_batch8_ms: float = 200.0
+    target_head_ms: float = 10.0
+    # stability
+    large_value: float = 1e4
+    small_value: float = 1e-6
+    stability_repeats: int = 3
+    # robustness (needs images): noise sigma in 0..255 pixel units
+    robust_max_images: int = 16
+    noise_sigma: float = 12.75
+    jpeg_quality: int = 75
+    resize_factors: tuple[float, ...] = (0.9, 1.1)
+    robust_shift_limit: float = 0.05
+    # layer profile
+    profile_top: int = 10
+    # architecture comparison (needs --store --labels)
+    compare_heads: tuple[tuple[int, ...], ...] = ((1024, 512, 256, 128), (512, 128), (256,))
+    compare_epochs: int = 60
+    compare_val_fraction: float = 0.2
+    compare_test_fraction: float = 0.1
+    compare_min_rows: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.checks) - set(ALL_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; known: {list(ALL_CHECKS)}")
+        if self.leak_iterations < 20:
+            raise ValueError("leak_iterations must be >= 20 (the leak estimate compares "
+                             "the first and last 10 runs)")
+        if min(self.batch_sizes + self.memory_batch_sizes + self.latency_batch_sizes) < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if self.grad_batch < 2:
+            raise ValueError("grad_batch must be >= 2 (BatchNorm needs 2 rows in train mode)")
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome: status, the figures it measured, tables/series for the report."""
+
+    name: str
+    status: str = "pass"  # "pass" | "fail" | "skip"
+    summary: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def fail(self, message: str) -> None:
+        self.status = "fail"
+        self.failures.append(message)
+
+    def skip(self, reason: str) -> CheckResult:
+        self.status = "skip"
+        self.summary = reason
+        return self
+
+    def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.tables[name] = {"columns": columns, "rows": rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def call_model(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """model(x) -> (pred, features); anything else is reported, not crashed on."""
+    out = model(x)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2
+            and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ValidateError(
+            f"{type(model).__name__}.forward must return (prediction, features) tensors, "
+            f"got {type(out).__name__}")
+    return out[0], out[1]
+
+
+def make_input(batch: int, size: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """A seeded (B, 3, size, size) normal input, roughly what ImageNet normalisation yields."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=gen) * scale
+
+
+def all_cores() -> int:
+    """The cores this process may run on (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _status_kb(field_name: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return float(line.split()[1])
+    raise ValidateError(f"/proc/self/status has no {field_name}; RSS checks need Linux")
+
+
+def rss_mb() -> float:
+    """Current resident set size (VmRSS) in MiB."""
+    return _status_kb("VmRSS") / 1024.0
+
+
+def _reset_peak() -> bool:
+    # Writing "5" to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim() -> None:
+    # Hand freed heap pages back to the OS (glibc): otherwise memory cached from an earlier,
+    # larger pass stays resident, "before" already contains it and the peak looks free.
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:  # pragma: no cover - not glibc
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def peak_rss(fn: Callable[[], Any]) -> tuple[float, float, str]:
+    """Run fn; return (RSS before, peak RSS during, method) in MiB. The peak is the kernel's
+    VmHWM after a reset; where the reset is refused, a 1 ms VmRSS sampler thread instead."""
+    _trim()
+    before = rss_mb()
+    if _reset_peak():
+        fn()
+        return before, max(_status_kb("VmHWM") / 1024.0, before), "VmHWM"
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    return before, max(peak[0], rss_mb()), "VmRSS sampled every 1 ms"
+
+
+def finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())

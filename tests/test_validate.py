@@ -1,0 +1,328 @@
+"""Tests of the validation suite: each check fails on the model broken for it, and only then."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from pipeline.validate import LabeledFeatures, ValidateConfig, run_validation
+from pipeline.validate_report import (
+    load_schema,
+    schema_errors,
+    write_html_report,
+    write_json_report,
+)
+
+D = 16  # feature width of the fake models
+MODEL_CHECKS = ("dimensions", "gradients", "memory", "performance", "stability", "profile")
+SMALL = ValidateConfig(
+    checks=MODEL_CHECKS, image_size=32, feature_dim=D, batch_sizes=(1, 3), extra_sizes=(48,),
+    memory_batch_sizes=(1, 4), leak_iterations=40, latency_batch_sizes=(1, 8),
+    latency_repeats=3, profile_top=5, compare_heads=((32, 16), (8,)), compare_epochs=5,
+    # footprint limits and latency targets are the subject of their own test only: the pytest
+    # process carries other tests' allocations and the CPU is shared
+    inference_rss_limit_mb=1e6, training_rss_limit_mb=1e6, target_single_ms=1e6,
+    target_batch8_ms=1e6, target_head_ms=1e6)
+# Every check a broken model can trip (the profile is informational: healthy-model test only).
+BREAKABLE = tuple(c for c in MODEL_CHECKS if c != "profile")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; spare the shared CPU (the performance check
+    still measures 1 thread vs all cores itself)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class Extractor(nn.Module):
+    """Frozen tiny CNN: (B, 3, S, S) -> (B, D)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, D)
+        for p in self.parameters():
+            p.requires_grad = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+class Head(nn.Module):
+    """Trainable MLP head with BatchNorm: (B, D) -> (B, 1) in (0, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(D, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.l2 = nn.Linear(8, 1)
+
+    def hidden(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.l1(f)))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.l2(self.hidden(f)))
+
+
+class Healthy(nn.Module):
+    """The generic interface: forward(x) -> (pred (B, 1), features (B, D))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.feature_extractor = Extractor()
+        self.predictor = Head()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.feature_extractor(x)
+        return self.predictor(f), f
+
+
+class BrokenShape(Healthy):
+    """Squeezes the prediction to (B,) — a classic shape bug."""
+
+    def forward(self, x):
+        pred, f = super().forward(x)
+        return pred.squeeze(1), f
+
+
+class CutGradient(Healthy):
+    """Detaches the hidden activations: the head's first layer never learns."""
+
+    def forward(self, x):
+        f = self.feature_extractor(x)
+        h = self.predictor.hidden(f).detach()
+        return torch.sigmoid(self.predictor.l2(h)), f
+
+
+class Leaky(Healthy):
+    """Keeps 1 MiB per call in a list that grows forever."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.history.append(torch.ones(256 * 1024))  # 1 MiB of float32, touched
+        return super().forward(x)
+
+
+class NaNOnFlat(Healthy):
+    """Standardises each image by its own std: a constant image gives 0/0 = NaN."""
+
+    def forward(self, x):
+        x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / x.std(dim=(1, 2, 3), keepdim=True)
+        return super().forward(x)
+
+
+class SwallowsNaN(Healthy):
+    """Replaces NaN/Inf pixels by numbers: a NaN image gets a plausible score."""
+
+    def forward(self, x):
+        return super().forward(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+
+
+def failed(report: dict) -> set[str]:
+    return {n for n, c in report["checks"].items() if c["status"] == "fail"}
+
+
+def test_healthy_model_passes_and_report_matches_schema(tmp_path):
+    report = run_validation(Healthy(), SMALL)
+    assert failed(report) == set(), report["checks"]
+    assert report["passed"] and report["counts"] == {"pass": 6, "fail": 0, "skip": 0}
+    assert schema_errors(json.loads(json.dumps(report))) == []
+    g = report["checks"]["gradients"]["figures"]
+    assert g["trainable_layers"] == 3 and g["params_frozen"] > 0  # frozen extractor counted
+    perf = report["checks"]["performance"]
+    assert {r[0] for r in perf["tables"]["targets"]["rows"]} == {
+        "single image (batch 1)", "batch of 8", "head alone (batch 1)"}
+    assert len(report["checks"]["memory"]["series"]["rss_mb"]) == SMALL.leak_iterations
+    assert report["checks"]["profile"]["tables"]["top_layers"]["rows"]
+    # reports are written atomically; the HTML embeds the three plots
+    write_json_report(tmp_path / "r.json", report)
+    write_html_report(tmp_path / "r.html", report)
+    assert schema_errors(json.loads((tmp_path / "r.json").read_text())) == []
+    page = (tmp_path / "r.html").read_text()
+    assert len(re.findall(r"data:image/png;base64,", page)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json"]
+
+
+@pytest.mark.parametrize(("model_cls", "check", "message"), [
+    (BrokenShape, "dimensions", "predictions (1,) != (1, 1)"),
+    (CutGradient, "gradients", "predictor.l1.weight got no gradient"),
+    (Leaky, "memory", "a leak"),
+    (NaNOnFlat, "stability", "zeros input gives non-finite"),
+    (SwallowsNaN, "stability", "NAN input was silently scored"),
+])
+def test_each_broken_model_fails_exactly_its_check(model_cls, check, message):
+    report = run_validation(model_cls(), dataclasses.replace(SMALL, checks=BREAKABLE))
+    assert failed(report) == {check}, {n: c["failures"] for n, c in report["checks"].items()}
+    assert any(message in f for f in report["checks"][check]["failures"])
+    assert report["passed"] is False
+    assert schema_errors(json.loads(json.dumps(report))) == []
+
+
+def test_gradient_thresholds_and_performance_targets_can_fail():
+    cfg = dataclasses.replace(SMALL, checks=("gradients", "performance"), explode_threshold=1e-9,
+                              target_single_ms=1e-6, target_head_ms=1e-6)
+    report = run_validation(Healthy(), cfg)
+    assert failed(report) == {"gradients", "performance"}
+    assert any("exploding" == r[2] for r in
+               report["checks"]["gradients"]["tables"]["grad_norms"]["rows"])
+    assert any(f.startswith("single image (batch 1)")
+               for f in report["checks"]["performance"]["failures"])
+
+
+def test_validation_leaves_model_state_and_mode_unchanged():
+    model = Healthy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    run_validation(model, dataclasses.replace(SMALL, checks=("gradients", "memory")))
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats restored
+
+
+def _images(tmp_path, n=4):
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        img = np.full((40, 40, 3), 255, np.uint8)
+        img[8:32, 8:32] = rng.integers(0, 255, 3)  # a flat "logo" square
+        paths.append(tmp_path / f"logo{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    return [*paths, tmp_path / "broken.png"]
+
+
+def _labeled(n=120):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    y = (1 / (1 + np.exp(-x[:, 0]))).astype(np.float32)
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    return LabeledFeatures(x=x, y=y, keys=keys)
+
+
+def test_robustness_and_comparison(tmp_path):
+    cfg = dataclasses.replace(SMALL, checks=("robustness", "comparison"))
+    report = run_validation(Healthy(), cfg, images=_images(tmp_path), labeled=_labeled())
+    rob, comp = report["checks"]["robustness"], report["checks"]["comparison"]
+    assert rob["status"] == "pass" and rob["figures"]["images"] == 4
+    assert len(rob["figures"]["unreadable"]) == 1  # the broken file is a note, not a crash
+    assert [r[0] for r in rob["tables"]["shifts"]["rows"]] == [
+        "gaussian noise σ=12.75", "jpeg q=75", "resize x0.9", "resize x1.1"]
+    assert comp["status"] == "pass"
+    rows = comp["tables"]["heads"]["rows"]
+    assert [r[0] for r in rows] == ["[32, 16]", "[8]"]
+    assert rows[0][1] > rows[1][1]  # parameter counts differ with the hidden layers
+    assert schema_errors(json.loads(json.dumps(report))) == []
+    # a zero shift limit makes the robustness check fail, nothing else
+    strict = dataclasses.replace(cfg, robust_shift_limit=0.0, checks=("robustness",))
+    assert failed(run_validation(Healthy(), strict, images=_images(tmp_path))) == {"robustness"}
+
+
+def test_data_checks_skip_without_data():
+    cfg = dataclasses.replace(SMALL, checks=("robustness", "comparison"))
+    report = run_validation(Healthy(), cfg)
+    assert {c["status"] for c in report["checks"].values()} == {"skip"}
+    assert report["passed"]
+
+
+def test_schema_rejects_malformed_reports():
+    report = json.loads(json.dumps(run_validation(Healthy(), dataclasses.replace(
+        SMALL, checks=("dimensions",)))))
+    assert schema_errors(report) == []
+    assert load_schema()["properties"]["schema_version"]["enum"] == [1]
+    bad = json.loads(json.dumps(report))
+    del bad["checks"]["dimensions"]["figures"]
+    assert any("missing required key 'figures'" in e for e in schema_errors(bad))
+    bad = json.loads(json.dumps(report))
+    bad["checks"]["dimensions"]["status"] = "ok"
+    assert any("not one of" in e for e in schema_errors(bad))
+    bad = json.loads(json.dumps(report))
+    bad["checks"]["dimensions"]["tables"]["shapes"]["rows"][0].pop()
+    assert any("cells for" in e for e in schema_errors(bad))
+    bad = json.loads(json.dumps(report))
+    bad["passed"] = False
+    assert any("passed disagrees" in e for e in schema_errors(bad))
+    bad = json.loads(json.dumps(report))
+    bad["checks"]["colour"] = bad["checks"]["dimensions"]
+    assert schema_errors(bad)
+    bad = json.loads(json.dumps(report))
+    bad["counts"]["pass"] = True  # a boolean is not an integer
+    assert any("expected integer" in e for e in schema_errors(bad))
+
+
+def test_non_finite_figures_are_written_as_strict_json(tmp_path):
+    report = run_validation(Healthy(), dataclasses.replace(SMALL, checks=("dimensions",)))
+    report["checks"]["dimensions"]["series"]["x"] = [float("inf"), float("nan"), 1.0]
+    path = write_json_report(tmp_path / "r.json", report)
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert data["checks"]["dimensions"]["series"]["x"] == ["inf", "nan", 1.0]
+    assert schema_errors(data) == []
+
+
+def _fake_loader(model_cls):
+    def load(checkpoint, extract_config=None, overrides=None):
+        from pipeline.extract import ExtractConfig
+
+        return model_cls(), ExtractConfig(weights="random:0", image_size=32), None, "fake"
+    return load
+
+
+@pytest.mark.parametrize(("model_cls", "code"), [(Healthy, 0), (CutGradient, 1)])
+def test_cli_exit_code_and_reports(tmp_path, monkeypatch, model_cls, code):
+    import pipeline.validate as validate_mod
+    from pipeline.cli import cli
+
+    monkeypatch.setattr(validate_mod, "load_model", _fake_loader(model_cls))
+    cfg = tmp_path / "validate.json"
+    cfg.write_text(json.dumps({**{k: v for k, v in dataclasses.asdict(SMALL).items()
+                                  if k != "checks"}}))
+    args = ["validate", "--config", str(cfg), "--checks", "dimensions,gradients",
+            "--no-progress", "--json", str(tmp_path / "r.json"), "--html",
+            str(tmp_path / "r.html")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    assert ("FAILED" in result.output) == bool(code)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert schema_errors(data) == [] and set(data["checks"]) == {"dimensions", "gradients"}
+    assert (tmp_path / "r.html").read_text().startswith("<!doctype html>")
+    out = CliRunner().invoke(cli, [*args[:6], "--no-progress", "--json", "-"])
+    assert out.exit_code == code and json.loads(out.stdout)["passed"] is (code == 0)
+
+
+def test_cli_usage_errors(tmp_path):
+    from pipeline.cli import cli
+
+    bad = CliRunner().invoke(cli, ["validate", "--checks", "dimensions,colour"])
+    assert bad.exit_code == 2 and "unknown check(s) ['colour']" in bad.output
+    half = CliRunner().invoke(cli, ["validate", "--store", str(tmp_path / "f.h5")])
+    assert half.exit_code == 1 and "--store and --labels go together" in half.output
+
+
+def test_real_resnet50_smoke():
+    """The real model (random:0 weights) through the model checks that matter most."""
+    from pipeline.model import QualityPredictionModel
+
+    model = QualityPredictionModel({"weights": "random:0"})
+    cfg = ValidateConfig(checks=("dimensions", "gradients"), batch_sizes=(1, 2),
+                         extra_sizes=(), grad_batch=2)
+    report = run_validation(model, cfg)
+    assert failed(report) == set(), {n: c["failures"] for n, c in report["checks"].items()}
+    g = report["checks"]["gradients"]["figures"]
+    assert g["params_frozen"] > 23_000_000 and g["params_trainable"] > 2_000_000
