@@ -161,8 +161,8 @@ class Namespace:
     def _chunk_map(self) -> ChunkMap:
         with self._lock:
             if self._map is None or self._map.rows != self._n:
-                if self._map is not None:
-                    self._map.close()
+                # The old map is left to the garbage collector, not closed: another thread
+                # may still be gathering from it.
                 with translated(self._path, "mapping"):
                     self._map = ChunkMap(self._path, self._vec, self._n)
             return self._map

@@ -169,3 +169,35 @@ def test_same_process_second_writer_is_refused(tmp_path):
         with pytest.raises(StoreLockedError):
             FeatureStore(tmp_path / "f.h5")
     FeatureStore(tmp_path / "f.h5").close()
+
+
+def test_threads_read_while_a_thread_writes(tmp_path):
+    import threading
+
+    keys, vecs = make(2000)
+    errors = []
+    with FeatureStore(tmp_path / "f.h5", cache_items=300) as fs:
+        ns = fs.namespace(FP, SPEC, dim=DIM)
+        ns.put_many(keys[:500], vecs[:500])
+
+        def read(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            try:
+                for _ in range(150):
+                    idx = rng.choice(500, size=20)
+                    assert ns.get_many([keys[i] for i in idx]).tobytes() == vecs[idx].tobytes()
+                    i = int(idx[0])
+                    assert ns.get(keys[i]).tobytes() == vecs[i].tobytes()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        readers = [threading.Thread(target=read, args=(s,)) for s in range(3)]
+        for t in readers:
+            t.start()
+        for lo in range(500, 2000, 100):  # the writer grows the namespace meanwhile
+            ns.put_many(keys[lo:lo + 100], vecs[lo:lo + 100])
+            ns.get(keys[lo])  # forces the chunk map to be rebuilt under the readers
+        for t in readers:
+            t.join()
+        assert not errors, errors[0]
+        assert ns.get_many(keys).tobytes() == vecs.tobytes()
