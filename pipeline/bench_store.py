@@ -134,11 +134,26 @@ def run_store_bench(rows: int, dim: int, dtypes: list[str], workdir: Path | None
             shutil.rmtree(folder, ignore_errors=True)
     return {
         "benchmark": "store", "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores"
-                   .strip(),
+        "machine": _machine(),
         "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
         "targets": TARGETS, "results": results,
     }
+
+
+def _machine() -> str:
+    """CPU model, cores and memory, for the results file."""
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = ""
+    try:
+        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        pass
+    return f"{model}, {os.cpu_count()} cores{mem}"
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -108,7 +108,12 @@ def reserve(f: h5py.File, nbytes: int) -> None:
     target = int(f.id.get_filesize()) + int(nbytes)  # get_filesize: HDF5's end of allocation
     size = os.fstat(fd).st_size
     if size < target:
-        os.posix_fallocate(fd, size, target - size)
+        try:
+            os.posix_fallocate(fd, size, target - size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            # A filesystem without fallocate: go on unreserved (crash safety is unaffected).
 
 
 def sync(f: h5py.File) -> None:

@@ -106,14 +106,13 @@ class Namespace:
 
     def missing(self, keys: Iterable[str]) -> list[str]:
         """Keys without a vector here, in input order, each listed once."""
-        seen: set[str] = set()
-        out = []
-        for k in keys:
-            if k not in seen:
-                seen.add(k)
-                if not self.contains(k):
-                    out.append(k)
-        return out
+        unique = list(dict.fromkeys(keys))  # de-duplicated, input order kept
+        try:
+            kbs = keys_to_bytes(unique)
+        except StoreMismatchError:  # a malformed key is never stored: it is missing
+            return [k for k in unique if not self.contains(k)]
+        index = self._index
+        return [k for k, b in zip(unique, kbs, strict=True) if b not in index]
 
     def keys(self) -> list[str]:
         """All committed keys, in insertion order."""

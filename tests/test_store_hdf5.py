@@ -62,6 +62,7 @@ def test_duplicates_are_ignored_and_missing_is_ordered(tmp_path):
         assert ns.get(keys[3]).tobytes() == vecs[3].tobytes()  # first write wins
         asked = [keys[9], keys[0], keys[8], keys[9], "f" * 64]
         assert ns.missing(asked) == [keys[9], keys[8], "f" * 64]
+        assert ns.missing([keys[1], "bad", keys[8]]) == ["bad", keys[8]]
         assert keys[0] in ns and ns.contains(keys[6]) and not ns.contains(keys[7])
         assert not ns.contains("not-a-key")
         assert ns.put_many([], np.zeros((0, DIM))) == 0
