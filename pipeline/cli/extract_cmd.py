@@ -87,9 +87,15 @@ def _write_report(path: Path, failures: list[tuple[str, str]]) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object instead of the summary line.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--backend", type=click.Choice(["local", "dask", "ray"]), default="local",
+              show_default=True, help="Where the backbone runs: here, or on a Dask or Ray "
+              "cluster (this process still hashes inputs and alone writes the store).")
+@click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) or Ray address "
+              "('auto', 'ray://host:10001'); omitted: 2 local worker processes.")
 def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
             report_path: Path | None, strict: bool, as_json: bool, no_progress: bool,
-            compile_: bool | None, **flags: object) -> None:
+            compile_: bool | None, backend: str, scheduler: str | None,
+            **flags: object) -> None:
     """Run the CPU ResNet-50 over IMAGES (files, folders, globs, @list.txt) into the store.
 
     Inputs already in the store's namespace for this configuration are skipped, so a rerun
@@ -105,8 +111,16 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     # Our own max_pixels guard rejects big images; Pillow's warning would only be noise.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     cfg = build_config(ExtractConfig, config_path, {**flags, "compile": compile_})
+    if scheduler and backend == "local":
+        raise click.BadParameter("needs --backend dask or ray", param_hint="--scheduler")
     paths = expand_inputs(images)
-    report = run_extract(paths, store_path, cfg, progress=not no_progress)
+    if backend == "local":
+        report = run_extract(paths, store_path, cfg, progress=not no_progress)
+    else:  # pipeline/cluster.py: shards to workers, results back, this process writes
+        from pipeline.cluster import extract_on_cluster
+
+        report = extract_on_cluster(paths, store_path, cfg, backend=backend,
+                                    scheduler=scheduler, progress=not no_progress)
     if report_path is not None:
         _write_report(report_path, report.failures)
     elif report.failures:

@@ -1,0 +1,237 @@
+"""Extraction on a Dask or Ray cluster: missing keys out in shards, vectors back, the driver writes.
+
+The driver hashes every input, asks the store which keys are missing and sends only those
+paths to workers, in shards. Each worker gets the backbone once (a parcel it caches per
+process), hashes, decodes and embeds its shard with stage one's `ExtractWorker`, and returns
+`(keys, vectors, failures)`. Results stream back in completion order and the driver alone
+writes them, so the store's single-writer rule holds on any cluster.
+
+Engines: Dask through joblib (`parallel_config(backend="dask", scatter=[parcel], retries=N)`,
+`return_as="generator_unordered"`); Ray through its own futures (`ray.remote` + `ray.wait`),
+because Ray's joblib backend is a multiprocessing pool that cannot stream results back
+(`supports_return_generator` is False), so the driver could write nothing until the very end.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pipeline.cluster_worker import BackboneParcel, RayParcelRef, ShardResult, run_shard
+from pipeline.errors import PipelineError
+from pipeline.extract import ExtractReport, extract, hash_inputs
+from pipeline.spec import ExtractConfig, feature_spec
+from store.hdf5 import FeatureStore
+from store.keys import fingerprint
+
+BACKENDS = ("local", "dask", "ray")
+CONNECT_TIMEOUT_S = 30   # to reach a scheduler, and to wait for a first worker
+SHARDS_PER_SLOT = 4      # small enough shards to balance load and bound what a death costs
+
+
+class ClusterError(PipelineError):
+    """The cluster cannot be reached, a dependency is missing, or a shard kept failing."""
+
+
+def make_parcel(cfg: ExtractConfig, backbone: nn.Module | None, fp: str) -> BackboneParcel:
+    """What workers need to build the backbone: nothing for random:SEED (each process builds
+    the same init), the state dict for imagenet/PATH, or the injected module itself."""
+    from pipeline.weights import file_state_dict, imagenet_state_dict, is_random
+
+    token = f"{fp}:{uuid.uuid4().hex}"
+    if backbone is not None:
+        return BackboneParcel(token, cfg.weights, module=backbone.eval())
+    if is_random(cfg.weights) is not None:
+        return BackboneParcel(token, cfg.weights)
+    sd = imagenet_state_dict() if cfg.weights == "imagenet" else file_state_dict(cfg.weights)
+    return BackboneParcel(token, cfg.weights, state_dict=sd)
+
+
+@contextmanager
+def _dask_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterError("--backend dask needs dask.distributed, which is not installed: "
+                           "pip install 'ssimcache[dask]'") from None
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        else:  # no address: a throwaway local cluster, one single-threaded process per worker
+            cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
+                                   processes=True, host="127.0.0.1", dashboard_address=None)
+            client = Client(cluster, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one "
+                           "with `dask scheduler` and workers with `dask worker ADDRESS`, "
+                           "or fix --scheduler") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _dask_results(client: Any, tasks: list[tuple[int, list[str], list[str]]],
+                  cfg: ExtractConfig, parcel: BackboneParcel, fp: str,
+                  retries: int) -> Iterator[ShardResult]:
+    from joblib import Parallel, delayed, parallel_config
+
+    # scatter=[parcel]: broadcast once to every worker; tasks then carry a reference to it.
+    # retries=: passed to client.submit, so a shard that raises is resubmitted; a shard whose
+    # worker dies is rescheduled by the scheduler itself (distributed.scheduler.allowed-failures).
+    with parallel_config(backend="dask", client=client, scatter=[parcel], retries=retries,
+                         wait_for_workers_timeout=CONNECT_TIMEOUT_S):
+        yield from Parallel(n_jobs=-1, return_as="generator_unordered", batch_size=1)(
+            delayed(run_shard)(i, paths, keys, cfg, parcel, fp) for i, paths, keys in tasks)
+
+
+@contextmanager
+def _ray_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("--backend ray needs Ray, which is not installed: "
+                           "pip install 'ssimcache[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:  # "auto" or "ray://host:10001"; no address starts a local Ray
+            ray.init(address=scheduler) if scheduler else ray.init(num_cpus=local_workers)
+        except (ConnectionError, RuntimeError) as e:
+            raise ClusterError(f"cannot connect to Ray at {scheduler} ({e}); start it with "
+                               "`ray start --head` or fix --scheduler") from None
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_results(ray: Any, tasks: list[tuple[int, list[str], list[str]]], cfg: ExtractConfig,
+                 parcel: BackboneParcel, fp: str, retries: int) -> Iterator[ShardResult]:
+    # The parcel goes into the object store once (read by each node from shared memory); tasks
+    # carry the wrapped ref and a worker fetches it only on its cache miss.
+    ref = RayParcelRef(parcel.token, ray.put(parcel))
+    # max_retries: resubmit when the worker process dies; retry_exceptions: also when it raises.
+    remote = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=retries > 0)(run_shard)
+    pending = [remote.remote(i, paths, keys, cfg, ref, fp) for i, paths, keys in tasks]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+def _slots(backend: str, engine: Any) -> int:
+    if backend == "dask":
+        return max(1, sum(engine.nthreads().values()))
+    return max(1, int(engine.cluster_resources().get("CPU", 1)))
+
+
+def shard(items: list[tuple[str, str]], slots: int, batch_size: int,
+          shard_size: int = 0) -> list[tuple[int, list[str], list[str]]]:
+    """(path, key) work items -> [(shard_id, paths, keys)]; auto size gives every slot several
+    shards (load balance, cheap retries) but never more than one batch per shard."""
+    size = shard_size or max(1, min(batch_size, -(-len(items) // (slots * SHARDS_PER_SLOT))))
+    return [(i, [p for p, _ in items[j:j + size]], [k for _, k in items[j:j + size]])
+            for i, j in enumerate(range(0, len(items), size))]
+
+
+def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureStore,
+                       cfg: ExtractConfig, backend: str = "dask", scheduler: str | None = None,
+                       backbone: nn.Module | None = None, progress: bool = True,
+                       local_workers: int = 2, shard_size: int = 0,
+                       retries: int = 2) -> ExtractReport:
+    """`extract`, with the compute spread over a Dask or Ray cluster; the driver writes.
+
+    backend "local" is stage one's `extract`. `scheduler` is a Dask scheduler address
+    (tcp://host:8786) or a Ray address ("auto", "ray://host:10001"); None starts
+    `local_workers` local worker processes. Returns the same ExtractReport as a local run.
+    """
+    if backend not in BACKENDS:
+        raise ClusterError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+    if backend == "local":
+        return extract(paths, store, cfg, backbone=backbone, progress=progress)
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in paths]
+    spec = feature_spec(cfg)
+    fp = fingerprint(spec)
+    own = not isinstance(store, FeatureStore)
+    fs = FeatureStore(store, mode="a") if own else store
+    try:
+        t_start = time.perf_counter()
+        path_keys, hash_fail = hash_inputs(paths, cfg.n_workers())
+        ns = fs.namespace(fp) if fs.has_namespace(fp) else None
+        unique = list(dict.fromkeys(path_keys.values()))
+        missing = set(ns.missing(unique)) if ns is not None else set(unique)
+        todo: dict[str, str] = {}  # key -> first path with that content: one row per key
+        for p, k in path_keys.items():
+            if k in missing and k not in todo:
+                todo[k] = p
+        cached = len(path_keys) - sum(1 for k in path_keys.values() if k in missing)
+        failed_keys: dict[str, str] = {}
+        if todo:
+            parcel = make_parcel(cfg, backbone, fp)
+            ns = _dispatch(backend, scheduler, local_workers, shard_size, retries, cfg, parcel,
+                           fp, spec, fs, ns, [(p, k) for k, p in todo.items()], failed_keys,
+                           tqdm(total=len(todo), unit="img", desc=f"extract ({backend})",
+                                disable=not progress, dynamic_ncols=True))
+        elapsed = time.perf_counter() - t_start
+    finally:
+        if own:
+            fs.close()
+    failures = sorted(hash_fail.items())
+    keys: dict[str, str] = {}
+    for p, k in path_keys.items():
+        if k in failed_keys:  # same bytes as a failed file: same failure
+            failures.append((p, failed_keys[k] if todo.get(k) == p
+                             else f"{p}: same bytes as {todo[k]}: {failed_keys[k]}"))
+        else:
+            keys[p] = k
+    computed = len(todo) - len(failed_keys)
+    return ExtractReport(seen=len(paths), cached=cached, computed=computed, failed=len(failures),
+                         images_per_s=computed / elapsed if computed else 0.0, fingerprint=fp,
+                         failures=failures, keys=keys, duplicates=len(keys) - cached - computed,
+                         timings={"total_s": elapsed})
+
+
+def _dispatch(backend: str, scheduler: str | None, local_workers: int, shard_size: int,
+              retries: int, cfg: ExtractConfig, parcel: BackboneParcel, fp: str, spec: dict,
+              fs: FeatureStore, ns: Any, items: list[tuple[str, str]],
+              failed_keys: dict[str, str], bar: Any) -> Any:
+    """Send the shards, write each result as it arrives; returns the (maybe new) namespace."""
+    engine_cm, results = ((_dask_engine, _dask_results) if backend == "dask"
+                          else (_ray_engine, _ray_results))
+    key_of = dict(items)  # path -> expected key
+    done: set[int] = set()
+    with bar, engine_cm(scheduler, local_workers) as engine:
+        tasks = shard(items, _slots(backend, engine), cfg.batch_size, shard_size)
+        try:
+            for r in results(engine, tasks, cfg, parcel, fp, retries):
+                if r.shard_id in done:  # a duplicate delivery must never be written twice
+                    continue
+                done.add(r.shard_id)
+                if len(r.keys):
+                    if ns is None:  # created on first write: D comes from the backbone
+                        ns = fs.namespace(fp, spec=spec, dim=int(r.vectors.shape[1]),
+                                          dtype=cfg.dtype)
+                    ns.put_many(r.keys, r.vectors.astype(cfg.dtype, copy=False))
+                for p, reason in r.failures:
+                    failed_keys[key_of[p]] = reason
+                bar.update(len(r.keys) + len(r.failures))
+        except PipelineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - engine errors (KilledWorker, RayTaskError, ...)
+            left = len(tasks) - len(done)
+            raise ClusterError(
+                f"{backend} run stopped with {left} of {len(tasks)} shards unfinished after "
+                f"{retries} retries ({type(e).__name__}: {e}); rows written so far are kept, "
+                "so running the same command again computes only the rest") from e
+    return ns

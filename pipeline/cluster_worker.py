@@ -1,0 +1,130 @@
+"""Worker side of cluster extraction: build the backbone once per process, embed one shard."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+class WorkerMismatchError(PipelineError):
+    """A worker would produce vectors under another fingerprint (different library versions)."""
+
+
+@dataclass
+class BackboneParcel:
+    """What a worker needs to build the backbone; it reaches each worker once, not once per task.
+
+    `random:SEED` weights ship nothing (every process builds the same init); `imagenet` and
+    PATH weights ship the state dict (~100 MB for ResNet-50), so workers need neither the
+    torchvision cache nor a shared path; an injected module (tests) ships itself.
+    """
+
+    token: str                                # fingerprint + run id: the per-process cache key
+    weights: str
+    state_dict: dict[str, Any] | None = None
+    module: Any = None                        # an nn.Module mapping (B,3,H,W) -> (B,D)
+
+
+@dataclass
+class RayParcelRef:
+    """A Ray object ref wrapped so Ray does not resolve it per task; fetched on a cache miss."""
+
+    token: str
+    ref: Any
+
+
+@dataclass
+class ShardResult:
+    """One shard's outcome: rows for the driver to write and failure rows for the report."""
+
+    shard_id: int
+    keys: list[str]                # one per row of `vectors`
+    vectors: np.ndarray            # (N, D) float32
+    failures: list[tuple[str, str]]  # (path, reason)
+    pid: int
+    seconds: float
+
+
+# One entry per process: a long-lived worker keeps only the latest run's prepared worker.
+_CACHE: dict[str, Any] = {}
+_LOCK = threading.Lock()  # a Dask worker with several threads must not build it twice
+BUILDS = {"count": 0}       # backbones built in this process
+
+
+def builds() -> int:
+    """How many backbones this process has built (tests call it on workers via client.run)."""
+    return BUILDS["count"]
+
+
+def _extract_worker(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> Any:
+    """The prepared ExtractWorker of this run in this process, built on first use."""
+    from pipeline.compute import ExtractWorker
+
+    with _LOCK:
+        hit = _CACHE.get(parcel.token)
+        if hit is not None:
+            return hit
+        if isinstance(parcel, RayParcelRef):
+            import ray
+
+            parcel = ray.get(parcel.ref)
+        model = parcel.module
+        if model is None and parcel.state_dict is not None:
+            from pipeline.backbone import ResNetFeatureExtractor
+
+            model = ResNetFeatureExtractor(parcel.state_dict).eval()
+        # model None: random:SEED, built by ExtractWorker.prepare from the config.
+        worker = ExtractWorker(cfg, backbone=model)
+        worker.prepare()
+        for old in _CACHE.values():
+            old.close()
+        _CACHE.clear()
+        _CACHE[parcel.token] = worker
+        BUILDS["count"] += 1
+        return worker
+
+
+def worker_threads(cfg: Any) -> int:
+    """Torch threads for one task: the flag if given, else what the worker's environment grants.
+
+    Dask's nanny and Ray start workers with OMP_NUM_THREADS=1 (one thread per task slot);
+    stage one's default (all cores) would oversubscribe a host running several workers.
+    """
+    if cfg.threads:
+        return cfg.threads
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        from pipeline.spec import cpu_count
+
+        return cpu_count()
+
+
+def run_shard(shard_id: int, paths: list[str], keys: list[str], cfg: Any,
+              parcel: BackboneParcel | RayParcelRef, expected_fingerprint: str) -> ShardResult:
+    """Hash, decode and embed `paths` (expected content `keys`) here; the driver writes."""
+    from pipeline.spec import feature_spec
+    from store.keys import fingerprint
+
+    t0 = time.perf_counter()
+    fp = fingerprint(feature_spec(cfg))
+    if fp != expected_fingerprint:
+        # Different torch/torchvision/Pillow on this worker: its vectors belong elsewhere.
+        raise WorkerMismatchError(
+            f"worker pid {os.getpid()} computes fingerprint {fp[:12]} but the driver's namespace "
+            f"is {expected_fingerprint[:12]}: install the same ssimcache, torch, torchvision and "
+            "Pillow versions on the workers as on the driver")
+    n = worker_threads(cfg)
+    worker = _extract_worker(parcel, replace(cfg, threads=n, workers=n))
+    # Keys are re-derived from the bytes each worker reads; a file changed since the driver
+    # hashed it becomes a failure row instead of a vector stored under a stale key.
+    out = worker.compute(paths, keys)
+    return ShardResult(shard_id, list(out.keys), np.ascontiguousarray(out.vectors, np.float32),
+                       list(out.failures), os.getpid(), time.perf_counter() - t0)

@@ -1,0 +1,200 @@
+"""Cluster extraction: Dask (2 local worker processes) equals a local run, survives worker death."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pipeline.cluster import ClusterError, extract_on_cluster, shard
+from pipeline.cluster_worker import builds
+from pipeline.extract import extract
+from pipeline.spec import ExtractConfig
+from store.hdf5 import FeatureStore
+from store.namespace import Namespace
+
+N_IMAGES = 12
+
+
+class TinyBackbone(nn.Module):
+    """(B, 3, S, S) -> (B, 16); with `die_marker`, the first process to run it dies at once."""
+
+    feature_dim = 16
+
+    def __init__(self, die_marker: str | None = None) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, 16, 3, stride=2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.zero_()
+        self.die_marker = die_marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.die_marker is not None:
+            try:
+                os.close(os.open(self.die_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:  # first call anywhere: die mid-shard, with no cleanup, like an OOM kill
+                os._exit(1)
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))  # (B, 16)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(N_IMAGES):
+        p = folder / f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")  # a failure row
+    return [*out, folder / "broken.png"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        yield c, client
+
+
+def _cfg(**kw) -> ExtractConfig:
+    base = dict(weights="random:0", image_size=32, batch_size=4, threads=1, workers=1)
+    return ExtractConfig(**{**base, **kw})
+
+
+def _rows(store: Path, fp: str) -> dict[str, np.ndarray]:
+    with FeatureStore(store, mode="r") as fs:
+        ns = fs.namespace(fp)
+        keys = ns.keys()
+        assert len(keys) == len(set(keys))
+        return dict(zip(keys, ns.get_many(keys), strict=True))
+
+
+def _assert_same(local: Path, remote: Path, fp: str) -> None:
+    a, b = _rows(local, fp), _rows(remote, fp)
+    assert set(a) == set(b) and len(a) == N_IMAGES
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert diff <= 1e-5, diff
+    with FeatureStore(remote, mode="r") as fs:
+        assert fs.verify() == []
+
+
+def test_shards_cover_work_once() -> None:
+    items = [(f"p{i}", f"k{i}") for i in range(10)]
+    tasks = shard(items, slots=2, batch_size=32)
+    assert [p for _, ps, _ in tasks for p in ps] == [p for p, _ in items]
+    assert len(tasks) == 5 and len({i for i, _, _ in tasks}) == 5   # 2 slots x 4, sized 2
+    assert max(len(ps) for _, ps, _ in shard(items, slots=1, batch_size=2)) == 2
+
+
+def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster) -> None:
+    c, client = cluster
+    cfg = _cfg()  # real ResNet-50, random:0: nothing shipped, each worker builds the same init
+    local = extract(images, tmp_path / "local.h5", cfg, progress=False)
+    before = client.run(builds)
+    rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
+                             scheduler=c.scheduler_address, progress=False)
+    assert (rep.seen, rep.cached, rep.computed, rep.failed) == (N_IMAGES + 1, 0, N_IMAGES, 1)
+    assert rep.fingerprint == local.fingerprint and rep.keys == local.keys
+    assert [p for p, _ in rep.failures] == [p for p, _ in local.failures]
+    _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
+    # 6 shards over 2 workers, yet each worker process built the backbone at most once.
+    assert all(builds_now - before[w] <= 1 for w, builds_now in client.run(builds).items())
+    again = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
+                               scheduler=c.scheduler_address, progress=False)
+    assert (again.cached, again.computed) == (N_IMAGES, 0)
+
+
+def test_dead_worker_shard_is_retried_and_nothing_written_twice(tmp_path, images, cluster,
+                                                                monkeypatch) -> None:
+    c, client = cluster
+    cfg = _cfg(weights="random:1")
+    marker = tmp_path / "died"
+    local = extract(images, tmp_path / "local.h5", cfg, backbone=TinyBackbone(), progress=False)
+    written: list[str] = []
+    put_many = Namespace.put_many
+
+    def spy(self, keys, vectors):  # records every key the driver asks the store to write
+        written.extend(keys)
+        return put_many(self, keys, vectors)
+
+    monkeypatch.setattr(Namespace, "put_many", spy)
+    pids = set(client.run(os.getpid).values())
+    rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
+                             scheduler=c.scheduler_address, progress=False,
+                             backbone=TinyBackbone(str(marker)), shard_size=2)
+    assert marker.exists()  # a worker really died mid-shard ...
+    client.wait_for_workers(2, timeout=60)  # ... and its nanny starts a new one
+    assert set(client.run(os.getpid).values()) != pids
+    assert (rep.computed, rep.failed) == (N_IMAGES, 1)
+    assert sorted(written) == sorted(set(written)) and len(written) == N_IMAGES
+    _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
+    assert rep.fingerprint == local.fingerprint
+
+
+def test_cli_extract_on_dask(tmp_path, images, cluster) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    c, _ = cluster
+    args = ["extract", str(images[0].parent), "--store", str(tmp_path / "cli.h5"),
+            "--weights", "random:0", "--image-size", "32", "--no-progress"]
+    res = CliRunner().invoke(cli, [*args, "--backend", "dask", "--scheduler",
+                                   c.scheduler_address, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (out["seen"], out["computed"], out["failed"]) == (N_IMAGES + 1, N_IMAGES, 1)
+    res = CliRunner().invoke(cli, [*args, "--backend", "dask", "--scheduler",
+                                   c.scheduler_address])
+    assert res.exit_code == 0 and f"already cached {N_IMAGES}, computed 0" in res.stdout
+    res = CliRunner().invoke(cli, [*args, "--scheduler", c.scheduler_address])
+    assert res.exit_code == 2 and "--backend dask or ray" in res.output
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, images, monkeypatch) -> None:
+    pytest.importorskip("dask.distributed")
+    monkeypatch.setattr("pipeline.cluster.CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
+        extract_on_cluster(images, tmp_path / "s.h5", _cfg(), backend="dask",
+                           scheduler="tcp://127.0.0.1:9", progress=False)
+
+
+def test_ray_equals_local_and_survives_a_dead_worker(tmp_path, images) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is the optional 'ray' extra and is not installed")
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        cfg = _cfg(weights="random:2")
+        extract(images, tmp_path / "local.h5", cfg, backbone=TinyBackbone(), progress=False)
+        rep = extract_on_cluster(images, tmp_path / "ray.h5", cfg, backend="ray",
+                                 backbone=TinyBackbone(str(tmp_path / "died")), shard_size=2,
+                                 progress=False)
+        assert (tmp_path / "died").exists() and rep.computed == N_IMAGES
+        _assert_same(tmp_path / "local.h5", tmp_path / "ray.h5", rep.fingerprint)
+    finally:
+        ray.shutdown()
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, images, monkeypatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ClusterError, match=r"pip install 'ssimcache\[ray\]'"):
+        extract_on_cluster(images, tmp_path / "r.h5", _cfg(), backend="ray", progress=False)
+
+
+def test_unknown_backend(tmp_path, images) -> None:
+    with pytest.raises(ClusterError, match="unknown backend"):
+        extract_on_cluster(images, tmp_path / "u.h5", dataclasses.replace(_cfg()),
+                           backend="spark", progress=False)
