@@ -1,0 +1,135 @@
+"""`ssimcache score` (cached images without torch) and `ssimcache bench score`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _score_config_default() -> str | None:
+    path = CONFIGS / "score.json"
+    return str(path) if path.is_file() else None
+
+
+def _rows(paths: list[Path], keys: list[str | None], pred: Any,
+          unc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for i, (p, k) in enumerate(zip(paths, keys, strict=True)):
+        value = float(pred[i])
+        row: dict[str, Any] = {"path": str(p), "key": k,
+                               "predicted_ssim": None if math.isnan(value) else value}
+        if unc is not None:
+            for name in ("std", "low", "high"):
+                v = float(unc[name][i])
+                row[name] = None if math.isnan(v) else v
+        rows.append(row)
+    return rows
+
+
+def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
+    cols = ["path", "key", "predicted_ssim"] + (["std", "low", "high"] if uncertainty else [])
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["" if r[c] is None else (f"{r[c]:.6f}" if isinstance(r[c], float)
+                                                 else r[c]) for c in cols])
+        return buf.getvalue().rstrip("\n")
+    width = max([len("path"), *(len(r["path"]) for r in rows)])
+    head = f"{'path':<{width}}  {'predicted_ssim':>14}" + (
+        f"  {'std':>8}  {'90% interval':>17}" if uncertainty else "")
+    lines = [head]
+    for r in rows:
+        v = "failed" if r["predicted_ssim"] is None else f"{r['predicted_ssim']:.4f}"
+        line = f"{r['path']:<{width}}  {v:>14}"
+        if uncertainty and r["predicted_ssim"] is not None:
+            line += f"  {r['std']:>8.4f}  [{r['low']:.4f}, {r['high']:.4f}]"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@click.command("score")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
+              help="Checkpoint written by `ssimcache train`.")
+@click.option("--store", type=click.Path(dir_okay=False), required=True,
+              help="Feature store; uncached images are extracted into it (with the "
+                   "checkpoint's extractor settings).")
+@click.option("--cached-only", is_flag=True,
+              help="Never extract (never imports torch): fail listing images not in the store.")
+@click.option("--uncertainty", type=click.IntRange(min=2), default=None,
+              help="Add MC-dropout std and 90% interval from N stochastic passes.")
+@click.option("--seed", type=int, default=None, help="MC-dropout seed [default: 0 / config]")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
+                                      "(+ std,low,high with --uncertainty).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              default=_score_config_default(), show_default="configs/score.json",
+              help="Scorer JSON config (ScoreConfig fields).")
+@click.option("--no-progress", is_flag=True, help="Hide the extraction progress bar.")
+def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: bool,
+          uncertainty: int | None, seed: int | None, fmt: str, config_path: str | None,
+          no_progress: bool) -> None:
+    """Predict SSIM-after-vectorization for IMAGES (files, folders, globs, @list.txt), one row
+    per input in input order. Cached images are scored by a numpy copy of the head without
+    importing torch; images that fail to decode print as failed rows."""
+    from pipeline.config import build_config
+    from pipeline.images import expand_inputs
+    from pipeline.score import ScoreConfig, Scorer
+
+    cfg = build_config(ScoreConfig, config_path, {"seed": seed})
+    paths = expand_inputs(images)
+    with Scorer(store, checkpoint, cfg) as scorer:
+        keys = scorer.keys_for_paths(paths, cached_only=cached_only, progress=not no_progress)
+        ok = [i for i, k in enumerate(keys) if k is not None]
+        import numpy as np
+
+        pred = np.full(len(paths), np.nan, dtype=np.float32)
+        unc = None
+        if ok:
+            ok_keys = [keys[i] for i in ok]
+            pred[ok] = scorer.score_keys(ok_keys)
+            if uncertainty:
+                part = scorer.uncertainty(ok_keys, samples=uncertainty)
+                unc = {n: np.full(len(paths), np.nan, dtype=np.float32) for n in part}
+                for n, v in part.items():
+                    unc[n][ok] = v
+        failures = scorer.failures
+    click.echo(_render(_rows(paths, keys, pred, unc), fmt, uncertainty is not None))
+    for path, reason in failures:
+        click.echo(f"failed {path}: {reason}", err=True)
+
+
+@click.command("score")
+@click.option("--keys", "n_keys", type=click.IntRange(min=100), default=100_000,
+              show_default=True, help="Cached keys in the bulk-scoring case.")
+@click.option("--single", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="Single-key calls timed per case (p50/p99).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Repeats of the bulk and fresh-process cases (median reported).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where to build the synthetic store [default: a temp dir].")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench-results/score.json",
+              show_default=True, help="JSON results file.")
+def bench_score(n_keys: int, single: int, repeats: int, workdir: str | None, out: str) -> None:
+    """Scorer on cached keys: single-key p50/p99 on score-LRU hit, feature-LRU hit and store
+    miss; N keys in one call vs the naive per-key loop; `ssimcache score` of one cached image as
+    a fresh process (wall time, torch imported?). Prints a table and writes JSON."""
+    from pipeline.bench_score import format_table, run_bench
+    from pipeline.report import write_json
+
+    result = run_bench(n_keys=n_keys, single=single, repeats=repeats, workdir=workdir)
+    click.echo(format_table(result))
+    write_json(out, result)
+    click.echo(f"wrote {out}")

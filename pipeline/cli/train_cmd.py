@@ -1,0 +1,178 @@
+"""`ssimcache train`, `evaluate` and `export`: fit the head, measure it, ship it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def default_config(name: str) -> str | None:
+    """configs/NAME of this checkout when it exists (defaults < configs/*.json < flags)."""
+    path = CONFIGS / name
+    return str(path) if path.is_file() else None
+
+
+def extractor_options(fn: Any) -> Any:
+    """--weights/--precision/--image-size/--extract-config: choose the feature namespace."""
+    for opt in reversed([
+        click.option("--weights", default=None,
+                     help="Backbone weights: imagenet | PATH (state dict) | random:SEED "
+                          "[default: from --extract-config; for evaluate, the checkpoint's]"),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+                     help="Backbone precision [default: from the config / checkpoint]"),
+        click.option("--image-size", type=click.IntRange(min=16), default=None,
+                     help="Model input size [default: from the config / checkpoint]"),
+        click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
+                     help="Extractor JSON config (as `ssimcache extract --config`) "
+                          "[default: configs/extract.json for train; the checkpoint's for "
+                          "evaluate]"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}")
+
+
+def metrics_table(named: dict[str, dict[str, Any]]) -> str:
+    """Rows = sets, columns = metrics; per-family rows indented under each set."""
+    from pipeline.metrics import METRIC_KEYS
+
+    lines = [f"{'set':<22}" + "".join(f"{k:>12}" for k in METRIC_KEYS)]
+    for name, m in named.items():
+        lines.append(f"{name:<22}" + "".join(f"{_fmt(m.get(k)):>12}" for k in METRIC_KEYS))
+        for fam, fm in m.get("per_family", {}).items():
+            lines.append(f"  {fam:<20}" + "".join(f"{_fmt(fm.get(k)):>12}" for k in METRIC_KEYS))
+    return "\n".join(lines)
+
+
+@click.command("train")
+@click.option("--labels", type=click.Path(dir_okay=False), required=True,
+              help="Labels CSV `path,ssim[,family]` (paths relative to its folder).")
+@click.option("--store", type=click.Path(dir_okay=False), required=True,
+              help="Feature store (HDF5); missing images are extracted into it.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Checkpoint to write (.safetensors, atomic).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              default=default_config("train.json"), show_default="configs/train.json",
+              help="Training JSON config (TrainConfig fields).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Maximum epochs [default: 150 / config]")
+@click.option("--seed", type=int, default=None, help="Split/init/shuffle seed [default: 0]")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Share of keys in the validation split [default: 0.2]")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of keys held out for testing [default: 0.1]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="AdamW learning rate [default: 1e-3]")
+@extractor_options
+@click.option("--cached-only", is_flag=True,
+              help="Do not extract: fail with the list of labelled images missing from the store.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def train(labels: str, store: str, out: str, config_path: str | None, epochs: int | None,
+          seed: int | None, val_fraction: float | None, test_fraction: float | None,
+          lr: float | None, weights: str | None, precision: str | None,
+          image_size: int | None, extract_config: str | None, cached_only: bool,
+          no_progress: bool, as_json: bool) -> None:
+    """Train the SSIM head on cached features of the labelled images (extracting any that the
+    store lacks), with a deterministic split by content key, AdamW, a cosine schedule and early
+    stopping on validation loss. Metrics go into the checkpoint and are printed."""
+    from pipeline.config import build_config
+    from pipeline.extract import ExtractConfig
+    from pipeline.train import TrainConfig, run_train
+
+    cfg = build_config(TrainConfig, config_path,
+                       {"epochs": epochs, "seed": seed, "val_fraction": val_fraction,
+                        "test_fraction": test_fraction, "lr": lr})
+    ecfg = build_config(ExtractConfig, extract_config or default_config("extract.json"),
+                        {"weights": weights, "precision": precision, "image_size": image_size})
+    summary = run_train(labels, store, ecfg, cfg, out, cached_only=cached_only,
+                        progress=not no_progress)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"checkpoint {summary['checkpoint']} (fingerprint {summary['fingerprint'][:12]}…, "
+               f"weights {ecfg.weights})")
+    click.echo(f"rows {summary['rows']}: train {summary['train']}, val {summary['val']}, "
+               f"test {summary['test']}; extracted {summary['extracted']}, "
+               f"skipped {len(summary['skipped'])}")
+    click.echo(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, val loss "
+               f"{summary['best_val_loss']:.5f}, peak RSS {summary['peak_rss_mb']:.0f} MB")
+    click.echo(metrics_table(summary["metrics"]))
+    for path, reason in summary["skipped"][:10]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+
+
+@click.command("evaluate")
+@click.option("--labels", type=click.Path(dir_okay=False), required=True,
+              help="Labels CSV `path,ssim[,family]`.")
+@click.option("--store", type=click.Path(dir_okay=False), required=True,
+              help="Feature store; images it lacks are extracted with the checkpoint's settings.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
+              help="Checkpoint written by `ssimcache train`.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the metrics JSON here ('-' = stdout).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the HTML report (scatter + residual histogram) here.")
+@click.option("--split", type=click.Choice(["all", "train", "val", "test"]), default="all",
+              show_default=True, help="Only rows in this train-time split (by key hash).")
+@extractor_options
+@click.option("--cached-only", is_flag=True, help="Fail instead of extracting missing images.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
+             html_out: str | None, split: str, weights: str | None, precision: str | None,
+             image_size: int | None, extract_config: str | None, cached_only: bool,
+             no_progress: bool) -> None:
+    """Evaluate a checkpoint: MAE, RMSE, PLCC, SRCC, R², share within 0.05 / 0.1, overall and
+    per family. Extractor settings default to those recorded in the checkpoint."""
+    from pipeline.evaluate import evaluate as run_eval
+    from pipeline.evaluate import write_reports
+
+    ev = run_eval(labels, store, checkpoint, split=split, config_path=extract_config,
+                  overrides={"weights": weights, "precision": precision,
+                             "image_size": image_size},
+                  cached_only=cached_only, progress=not no_progress)
+    to_stdout = json_out == "-"
+    written = write_reports(ev, None if to_stdout else json_out, html_out)
+    if to_stdout:
+        click.echo(json.dumps(ev.report, indent=2))
+        return
+    click.echo(f"{checkpoint} on {labels} (split {split}, fingerprint "
+               f"{ev.context['fingerprint'][:12]}…)")
+    click.echo(metrics_table({split: ev.report}))
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@click.command("export")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
+              help="Checkpoint written by `ssimcache train`.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True,
+              help="Export format.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--full", is_flag=True,
+              help="Backbone + head (input (B,3,S,S) normalised images) instead of the head "
+                   "alone (input (B,2048) features).")
+@click.option("--image-size", type=click.IntRange(min=16), default=None,
+              help="Example input size for --full [default: the checkpoint's]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export(checkpoint: str, fmt: str, out: str, full: bool, image_size: int | None,
+           as_json: bool) -> None:
+    """Export the head (or backbone + head with --full) to ONNX or TorchScript; the export is
+    run once against eager PyTorch and refused if any output differs by more than 1e-5."""
+    from pipeline.export import export as run_export
+
+    result = run_export(checkpoint, fmt, out, full=full, image_size=image_size)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"wrote {result['path']} ({fmt}, {'backbone + head' if full else 'head'}, "
+                   f"input {result['input_shape']}); max |export - eager| = "
+                   f"{result['max_abs_diff']:.2e}")

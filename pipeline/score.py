@@ -1,0 +1,198 @@
+"""Score images with a trained head: cached keys in numpy (no torch), uncached extracted first.
+
+Only `Scorer.score_paths` on images missing from the store imports torch (through
+`pipeline.extract`); hashing, store lookups and the folded numpy head need numpy, h5py and
+safetensors only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import CheckpointError, PipelineError
+from pipeline.numpy_head import NumpyHead
+from store.errors import StoreKeyError, StoreNotFoundError
+from store.hdf5 import FeatureStore
+from store.keys import content_key
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """configs/score.json: scorer caches, chunking and MC-dropout defaults."""
+
+    cache_items: int = 100_000       # predicted scores kept in the Scorer's LRU
+    store_cache_items: int = 10_000  # feature vectors kept in the store's LRU
+    batch_size: int = 4096           # vectors read + scored per chunk (bounds memory: 32 MiB)
+    uncertainty_samples: int = 30    # MC-dropout passes when --uncertainty is given without N
+    seed: int = 0
+
+
+class Scorer:
+    """`Scorer(store_path, checkpoint_path)`: `score_keys(keys)` / `score_paths(paths)` -> (N,).
+
+    Predicted scores are memoised per key in an LRU (the head is fixed for a Scorer's life), so
+    re-scoring a key costs a dict lookup; misses read the vector from the store (behind its own
+    LRU) and run the numpy head.
+    """
+
+    def __init__(self, store_path: str | Path, checkpoint_path: str | Path,
+                 config: ScoreConfig | None = None, backbone: Any = None) -> None:
+        self.config = config or ScoreConfig()
+        self.backbone = backbone  # injected into extraction of uncached images (tests)
+        self.store_path = Path(store_path)
+        self.checkpoint = load_checkpoint(checkpoint_path)
+        self.fingerprint = self.checkpoint.fingerprint
+        hc = self.checkpoint.head_config
+        self.head = NumpyHead(self.checkpoint.numpy_head, output=hc.output, dropout=hc.dropout)
+        self._scores: OrderedDict[str, float] = OrderedDict()
+        self._fs: FeatureStore | None = None
+        self._ns: Any = None
+        self.failures: list[tuple[str, str]] = []
+        self._open()
+
+    # -- store handling --------------------------------------------------------------------
+    def _open(self) -> None:
+        self.close()
+        try:
+            self._fs = FeatureStore(self.store_path, mode="r",
+                                    cache_items=self.config.store_cache_items)
+        except StoreNotFoundError:
+            return  # nothing cached yet; score_paths may still extract
+        if self._fs.has_namespace(self.fingerprint):
+            self._ns = self._fs.namespace(self.fingerprint)
+
+    def _namespace(self) -> Any:
+        if self._ns is None:
+            held = self._fs.fingerprints() if self._fs is not None else []
+            raise CheckpointError(
+                f"store {self.store_path} has no namespace for the checkpoint's fingerprint "
+                f"{self.fingerprint} (it holds {held or 'none'}): extract the images with the "
+                "checkpoint's settings (`ssimcache score` without --cached-only does this) or "
+                "use the store the head was trained with")
+        return self._ns
+
+    def close(self) -> None:
+        if self._fs is not None:
+            self._fs.close()
+        self._fs, self._ns = None, None
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- cached keys -----------------------------------------------------------------------
+    def _vectors(self, keys: list[str]) -> np.ndarray:
+        ns = self._namespace()
+        try:
+            return np.asarray(ns.get_many(keys), dtype=np.float32)  # (n, D)
+        except StoreKeyError:
+            absent = ns.missing(keys)
+            shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
+            raise PipelineError(
+                f"{len(absent)} key(s) are not in store {self.store_path} under fingerprint "
+                f"{self.fingerprint[:12]}…: {shown}; extract those images first") from None
+
+    def score_keys(self, keys: Sequence[str]) -> np.ndarray:
+        """(N,) float32 predicted SSIM for content keys, input order; duplicates scored once."""
+        out = np.empty(len(keys), dtype=np.float32)
+        cache, todo = self._scores, []
+        for i, k in enumerate(keys):
+            v = cache.get(k)
+            if v is None:
+                todo.append(i)
+            else:
+                out[i] = v
+                cache.move_to_end(k)
+        if todo:
+            unique = list(dict.fromkeys(keys[i] for i in todo))
+            fresh: dict[str, float] = {}
+            step = self.config.batch_size
+            for start in range(0, len(unique), step):
+                chunk = unique[start:start + step]
+                fresh.update(zip(chunk, self.head(self._vectors(chunk)).tolist(), strict=True))
+            for i in todo:
+                out[i] = fresh[keys[i]]
+            if self.config.cache_items > 0:
+                cache.update(fresh)
+                while len(cache) > self.config.cache_items:
+                    cache.popitem(last=False)
+        return out
+
+    def score_key(self, key: str) -> float:
+        return float(self.score_keys([key])[0])
+
+    def uncertainty(self, keys: Sequence[str], samples: int | None = None,
+                    seed: int | None = None) -> dict[str, np.ndarray]:
+        """MC-dropout mean/std/low/high (N,) per key, in numpy, seeded (see NumpyHead)."""
+        unique = list(dict.fromkeys(keys))
+        where = {k: i for i, k in enumerate(unique)}
+        parts: list[dict[str, np.ndarray]] = []
+        step = self.config.batch_size
+        for start in range(0, len(unique), step):
+            chunk = unique[start:start + step]
+            parts.append(self.head.predict_with_uncertainty(
+                self._vectors(chunk), samples or self.config.uncertainty_samples,
+                self.config.seed if seed is None else seed + start))
+        idx = [where[k] for k in keys]
+        return {name: np.concatenate([p[name] for p in parts])[idx] for name in parts[0]}
+
+    # -- image files -----------------------------------------------------------------------
+    def keys_for_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
+                       progress: bool = False, config_path: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> list[str | None]:
+        """Content keys of `paths`; images missing from the store are extracted (imports torch)
+        unless `cached_only`. Images that fail to decode get None and a row in `failures`."""
+        keys: list[str | None] = [content_key(p) for p in paths]
+        self.failures = []
+        absent = set(self._ns.missing(list(dict.fromkeys(keys))) if self._ns is not None
+                     else keys)
+        todo = list(dict.fromkeys(str(p) for p, k in zip(paths, keys, strict=True)
+                                  if k in absent))
+        if not todo:
+            return keys
+        if cached_only:
+            shown = ", ".join(todo[:10]) + (f" ... and {len(todo) - 10} more"
+                                            if len(todo) > 10 else "")
+            raise PipelineError(f"{len(todo)} image(s) are not in store {self.store_path} under "
+                                f"fingerprint {self.fingerprint[:12]}…: {shown}; drop "
+                                "--cached-only to extract them")
+        self._extract(todo, progress, config_path, overrides)
+        bad = {p for p, _ in self.failures}
+        return [None if str(p) in bad else k for p, k in zip(paths, keys, strict=True)]
+
+    def _extract(self, paths: list[str], progress: bool, config_path: str | Path | None,
+                 overrides: dict[str, Any] | None) -> None:
+        from pipeline.extract import extract, feature_spec
+        from pipeline.features import extract_config_for
+        from store.keys import fingerprint
+
+        cfg = extract_config_for(self.checkpoint.meta.get("extract_config", {}), config_path,
+                                 overrides)
+        self.checkpoint.check_fingerprint(fingerprint(feature_spec(cfg)),
+                                          "the extractor settings in use")
+        self.close()  # one process must not hold a reader while it writes the same file
+        try:
+            report = extract(paths, self.store_path, cfg, backbone=self.backbone,
+                             progress=progress)
+        finally:
+            self._open()
+        self.failures = [(str(p), str(r)) for p, r in report.failures]
+
+    def score_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
+                    progress: bool = False) -> np.ndarray:
+        """(N,) predicted SSIM per path, input order; NaN where the image could not be read."""
+        keys = self.keys_for_paths(paths, cached_only=cached_only, progress=progress)
+        ok = [i for i, k in enumerate(keys) if k is not None]
+        out = np.full(len(keys), np.nan, dtype=np.float32)
+        if ok:
+            out[ok] = self.score_keys([keys[i] for i in ok])
+        return out

@@ -1,0 +1,146 @@
+"""Tests of scoring: numpy Scorer == torch head, LRU, refusals, CLI formats, no torch imported."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import cli
+from pipeline.errors import CheckpointError, PipelineError
+from pipeline.features import read_vectors
+from pipeline.score import ScoreConfig, Scorer
+from store.hdf5 import FeatureStore
+from store.keys import content_key
+from tests.stage_two_fixtures import TinyBackbone, make_dataset, trained_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    s = trained_setup(tmp_path_factory.mktemp("score"), n=24)
+    s["images"] = sorted((s["root"] / "images").glob("*.png"))
+    s["keys"] = [content_key(p) for p in s["images"]]
+    return s
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_numpy_scorer_equals_torch_head(setup):
+    ckpt = load_checkpoint(setup["ckpt"])
+    head, _ = ckpt.build_head()
+    x = read_vectors(setup["store"], ckpt.fingerprint, setup["keys"])
+    with torch.no_grad():
+        expected = head(torch.from_numpy(x))[:, 0].numpy()
+    with Scorer(setup["store"], setup["ckpt"]) as sc:
+        got = sc.score_keys(setup["keys"])
+        assert got.dtype == np.float32 and got.shape == (24,)
+        assert np.abs(got - expected).max() < 1e-5
+        # input order, duplicates, and LRU hits give the same numbers
+        order = [setup["keys"][3], setup["keys"][0], setup["keys"][3]]
+        assert np.array_equal(sc.score_keys(order), got[[3, 0, 3]])
+        assert sc.score_key(setup["keys"][5]) == pytest.approx(float(got[5]))
+        paths = sc.score_paths(setup["images"][:4], cached_only=True)
+        assert np.array_equal(paths, got[:4])
+
+
+def test_lru_bounded(setup):
+    with Scorer(setup["store"], setup["ckpt"], ScoreConfig(cache_items=5)) as sc:
+        first = sc.score_keys(setup["keys"])
+        assert len(sc._scores) == 5
+        assert list(sc._scores) == setup["keys"][-5:]
+        assert np.allclose(sc.score_keys(setup["keys"]), first, atol=1e-6)  # BLAS batch sizes
+
+
+def test_unknown_key_and_foreign_store_refused(setup, tmp_path):
+    with Scorer(setup["store"], setup["ckpt"]) as sc:
+        with pytest.raises(PipelineError, match="1 key.*" + "f" * 64):
+            sc.score_keys([setup["keys"][0], "f" * 64])
+    other = tmp_path / "other.h5"
+    with FeatureStore(other, mode="a") as fs:
+        fs.namespace("e" * 64, spec={"x": 1}, dim=54).put_many(["0" * 64], np.zeros((1, 54)))
+    fp = load_checkpoint(setup["ckpt"]).fingerprint
+    with Scorer(other, setup["ckpt"]) as sc, pytest.raises(CheckpointError) as e:
+        sc.score_keys(["0" * 64])
+    assert fp in str(e.value) and "e" * 64 in str(e.value)
+
+
+def test_uncached_images_are_extracted_then_scored(setup, tmp_path):
+    make_dataset(tmp_path, n=3, seed=11)
+    new = sorted((tmp_path / "images").glob("*.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with Scorer(setup["store"], setup["ckpt"], backbone=TinyBackbone()) as sc:
+        with pytest.raises(PipelineError, match="drop --cached-only"):
+            sc.score_paths(new, cached_only=True)
+        got = sc.score_paths([new[0], broken, new[1], new[2]])
+        assert np.isnan(got[1]) and np.all((got[[0, 2, 3]] > 0) & (got[[0, 2, 3]] < 1))
+        assert [p for p, _ in sc.failures] == [str(broken)]
+    with Scorer(setup["store"], setup["ckpt"]) as sc:  # now cached
+        assert np.array_equal(sc.score_paths(new, cached_only=True), got[[0, 2, 3]])
+
+
+def test_cli_csv_json_and_uncertainty(setup):
+    imgs = [str(p) for p in setup["images"][:3]][::-1]
+    base = ["score", *imgs, "--checkpoint", str(setup["ckpt"]), "--store", str(setup["store"]),
+            "--cached-only"]
+    res = _cli(*base, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.output)))
+    assert list(rows[0]) == ["path", "key", "predicted_ssim"]
+    assert [r["path"] for r in rows] == imgs
+    assert rows[0]["key"] == content_key(imgs[0])
+    res = _cli(*base, "--format", "json", "--uncertainty", "8")
+    data = json.loads(res.output)
+    assert list(data[0]) == ["path", "key", "predicted_ssim", "std", "low", "high"]
+    assert all(d["std"] > 0 and d["low"] <= d["high"] for d in data)
+    again = json.loads(_cli(*base, "--format", "json", "--uncertainty", "8").output)
+    assert again == data, "seeded MC dropout is reproducible"
+    res = _cli(*base, "--format", "csv", "--uncertainty", "4")
+    assert res.output.splitlines()[0] == "path,key,predicted_ssim,std,low,high"
+    table = _cli(*base)
+    assert table.exit_code == 0 and "predicted_ssim" in table.output
+
+
+def test_cli_cached_only_lists_uncached(setup, tmp_path):
+    make_dataset(tmp_path, n=1, seed=12)
+    img = tmp_path / "images" / "img000.png"
+    res = _cli("score", str(img), "--checkpoint", str(setup["ckpt"]), "--store",
+               str(setup["store"]), "--cached-only")
+    assert res.exit_code == 1 and str(img) in res.output
+
+
+def test_cached_score_never_imports_torch(setup):
+    code = ("import sys\nfrom pipeline.cli import cli\n"
+            "try:\n    cli.main(args=sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('rc', e.code, file=sys.stderr)\n"
+            "print('torch', 'torch' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "score", str(setup["images"][0]), "--checkpoint",
+         str(setup["ckpt"]), "--store", str(setup["store"]), "--format", "csv"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "rc 0" in proc.stderr, proc.stderr
+    assert "torch False" in proc.stderr
+    assert proc.stdout.startswith("path,key,predicted_ssim")
+
+
+def test_bench_runs_small(tmp_path):
+    from pipeline.bench_score import format_table, run_bench
+
+    r = run_bench(n_keys=300, single=20, repeats=1, workdir=tmp_path)
+    assert r["fresh_process"]["torch_imported"] is False
+    assert r["bulk"]["finite"] and r["bulk"]["keys"] == 300
+    assert r["single_key"]["score_lru_hit"]["calls"] == 20
+    assert "fresh `ssimcache score`" in format_table(r)

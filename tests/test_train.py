@@ -1,0 +1,130 @@
+"""Tests of training: key-hash split, loss goes down, the train runner and CLI label errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import cli
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.train import TrainConfig, run_train, split_keys, split_of, train_head
+from store.hdf5 import FeatureStore
+from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset, small_train_cfg
+
+
+def test_split_is_deterministic_order_free_and_proportional():
+    keys = [f"{i:064x}" for i in range(3000)]
+    cfg = TrainConfig(val_fraction=0.2, test_fraction=0.1, seed=3)
+    a = split_keys(keys, cfg)
+    b = split_keys(keys[::-1], cfg)[::-1]
+    assert np.array_equal(a, b)
+    share = {s: float(np.mean(a == s)) for s in ("train", "val", "test")}
+    assert share["val"] == pytest.approx(0.2, abs=0.03)
+    assert share["test"] == pytest.approx(0.1, abs=0.03)
+    other = split_keys(keys, TrainConfig(seed=4))
+    assert not np.array_equal(a, other), "the seed changes the split"
+    assert split_of(keys[0], 3, 0.2, 0.1) == a[0]
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError):
+        TrainConfig(val_fraction=0.7, test_fraction=0.4)
+    from pipeline.config import build_config
+
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_config(TrainConfig, None, {"epochz": 3})
+
+
+def test_training_reduces_validation_loss():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 32)).astype(np.float32)
+    w = rng.normal(size=32) / 4
+    y = (1 / (1 + np.exp(-(x @ w)))).astype(np.float32)
+    cfg = small_train_cfg(epochs=25, patience=25)
+    torch.manual_seed(0)
+    from pipeline.head import SSIMPredictor
+
+    untrained = SSIMPredictor(cfg.head_config(32)).eval()
+    with torch.no_grad():
+        before = float(((untrained(torch.from_numpy(x[300:]))[:, 0] - torch.from_numpy(y[300:]))
+                        ** 2).mean())
+    res = train_head(x[:300], y[:300], x[300:], y[300:], cfg, progress=False)
+    assert res.best_val_loss < before / 3
+    assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
+    assert not res.head.training
+    # same seed, same weights
+    again = train_head(x[:300], y[:300], x[300:], y[300:], cfg, progress=False)
+    assert again.best_val_loss == res.best_val_loss
+
+
+def test_early_stopping_keeps_best_epoch():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = rng.random(60).astype(np.float32)  # pure noise: val loss stops improving early
+    res = train_head(x[:40], y[:40], x[40:], y[40:],
+                     small_train_cfg(epochs=200, patience=5, lr=1e-2), progress=False)
+    assert res.epochs_run < 200
+    assert res.epochs_run - res.best_epoch == 5
+    assert res.best_val_loss == min(h["val_loss"] for h in res.history)
+
+
+def test_run_train_end_to_end(tmp_path):
+    csv = make_dataset(tmp_path, n=48)
+    store = tmp_path / "f.h5"
+    out = tmp_path / "head.safetensors"
+    cfg = extract_cfg()
+    summary = run_train(str(csv), str(store), cfg, small_train_cfg(), str(out),
+                        progress=False, backbone=TinyBackbone())
+    assert summary["extracted"] == 48 and summary["rows"] == 48
+    assert summary["train"] + summary["val"] + summary["test"] == 48
+    ckpt = load_checkpoint(out)
+    with FeatureStore(store, mode="r") as fs:
+        assert fs.fingerprints() == [ckpt.fingerprint]
+    assert ckpt.meta["extract_config"]["weights"] == "random:0"
+    assert ckpt.meta["split"]["counts"]["test"] == summary["test"]
+    assert set(ckpt.meta["metrics"]) == {"val", "test"}
+    assert ckpt.meta["metrics"]["val"]["plcc"] > 0.5  # the noise level is learnable
+    # a second run finds everything cached
+    again = run_train(str(csv), str(store), cfg, small_train_cfg(epochs=2), str(out),
+                      cached_only=True, progress=False, backbone=TinyBackbone())
+    assert again["extracted"] == 0
+    # --cached-only lists what is missing
+    make_dataset(tmp_path / "more", n=3, seed=9)
+    csv2 = tmp_path / "more" / "labels.csv"
+    with pytest.raises(PipelineError, match="3 labelled image.*img000.png"):
+        run_train(str(csv2), str(store), cfg, small_train_cfg(), str(out), cached_only=True,
+                  progress=False)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("path,score\nimages/img000.png,0.5\n", "labels.csv:1: missing column 'ssim'"),
+    ("path,ssim\nimages/img000.png,0.5\nimages/img001.png,abc\n", "labels.csv:3: ssim value 'abc'"),
+    ("path,ssim\nimages/img000.png,1.5\n", "labels.csv:2: ssim value 1.5 is outside [-1, 1]"),
+    ("path,ssim\nimages/img000.png,0.5\n\nimages/gone.png,0.5\n",
+     "labels.csv:4: image images/gone.png does not exist"),
+])
+def test_cli_label_errors_name_the_line(tmp_path, body, needle):
+    make_dataset(tmp_path, n=2)
+    (tmp_path / "labels.csv").write_text(body)
+    res = CliRunner().invoke(cli, ["train", "--labels", str(tmp_path / "labels.csv"), "--store",
+                                   str(tmp_path / "f.h5"), "--out", str(tmp_path / "c.st"),
+                                   "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert "Error:" in res.output and needle in res.output
+
+
+def test_cli_train_cached_only_lists_missing(tmp_path):
+    csv = make_dataset(tmp_path, n=3)
+    res = CliRunner().invoke(cli, ["train", "--labels", str(csv), "--store", str(tmp_path / "f.h5"),
+                                   "--out", str(tmp_path / "c.st"), "--cached-only",
+                                   "--weights", "random:0", "--no-progress", "--json"])
+    assert res.exit_code == 1
+    assert "3 labelled image(s) are not in the store" in res.output
+    assert "img002.png" in res.output
+    assert not (tmp_path / "c.st").exists()
+    json.dumps(res.output)
