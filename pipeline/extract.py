@@ -51,26 +51,30 @@ class ExtractReport:
                 f"namespace {self.fingerprint}{dup}")
 
 
-def hash_inputs(paths: Sequence[Path], workers: int) -> tuple[dict[str, str], dict[str, str]]:
+def hash_inputs(paths: Sequence[Path], workers: int, bar: Any = None
+                ) -> tuple[dict[str, str], dict[str, str]]:
     """Content keys of `paths` in a thread pool (hashlib releases the GIL on big buffers).
 
-    Returns ({path: key}, {path: reason}) for readable and unreadable inputs.
+    Returns ({path: key}, {path: reason}) for readable and unreadable inputs. Paths go to the
+    pool in chunks so that a million inputs never means a million pending futures.
     """
-    def one(p: Path) -> str:
-        return content_key(p)
-
     keys: dict[str, str] = {}
     failures: dict[str, str] = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for p, fut in zip(paths, [pool.submit(one, p) for p in paths], strict=True):
-            try:
-                keys[str(p)] = fut.result()
-            except FileNotFoundError:
-                failures[str(p)] = "file not found"
-            except IsADirectoryError:
-                failures[str(p)] = "is a directory"
-            except OSError as e:
-                failures[str(p)] = f"cannot read ({e.strerror or e})"
+    chunk = 4096
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="hash") as pool:
+        for i in range(0, len(paths), chunk):
+            part = paths[i:i + chunk]
+            for p, fut in zip(part, [pool.submit(content_key, p) for p in part], strict=True):
+                try:
+                    keys[str(p)] = fut.result()
+                except FileNotFoundError:
+                    failures[str(p)] = "file not found"
+                except IsADirectoryError:
+                    failures[str(p)] = "is a directory"
+                except OSError as e:
+                    failures[str(p)] = f"cannot read ({e.strerror or e})"
+            if bar is not None:
+                bar.update(len(part))
     return keys, failures
 
 
@@ -161,7 +165,9 @@ def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: 
         if paths:
             worker.prepare()  # fail fast on weights before hashing a large folder
         t_start = time.perf_counter()
-        path_keys, hash_fail = hash_inputs(paths, cfg.n_workers())
+        with tqdm(total=len(paths), unit="file", desc="hash", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            path_keys, hash_fail = hash_inputs(paths, cfg.n_workers(), bar)
         t_hash = time.perf_counter() - t_start
         ns = fs.namespace(fp) if fs.has_namespace(fp) else None
         unique = list(dict.fromkeys(path_keys.values()))
