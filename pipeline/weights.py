@@ -57,7 +57,7 @@ def weights_identity(weights: str) -> dict[str, Any]:
     return {"kind": "file", "sha256": file_sha256(p)}
 
 
-def _host_reachable(host: str, port: int, timeout: float) -> bool:
+def host_reachable(host: str, port: int, timeout: float) -> bool:
     """TCP connect in a daemon thread so that a slow DNS lookup cannot hang us past `timeout`."""
     ok: list[bool] = []
 
@@ -88,7 +88,7 @@ def imagenet_state_dict() -> dict[str, Any]:
         url = urlparse(enum.url)
         if os.environ.get("SSIMCACHE_OFFLINE") == "1":
             raise WeightsError(_offline_message(cache, "SSIMCACHE_OFFLINE=1"))
-        if not _host_reachable(url.hostname or "", url.port or 443, PROBE_TIMEOUT_S):
+        if not host_reachable(url.hostname or "", url.port or 443, PROBE_TIMEOUT_S):
             raise WeightsError(_offline_message(cache, f"{url.hostname} unreachable"))
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)  # urllib inside torch has no timeout

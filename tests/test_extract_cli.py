@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
+from pipeline.weights import PROBE_TIMEOUT_S, host_reachable
 from store.hdf5 import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,9 +37,7 @@ def _images(folder: Path, n: int, size: int = 40) -> list[Path]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
-    env.pop("SSIMCACHE_OFFLINE", None)
-    return env
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
 def test_summary_json_report_and_strict(tmp_path: Path) -> None:
@@ -75,12 +74,15 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 def test_imagenet_offline_fails_fast_with_directions(tmp_path: Path) -> None:
     _images(tmp_path / "in", 1)
+    # Tests never download: a reachable host is made offline with the env switch; without a
+    # network (here) the real connect probe is what must fail fast.
+    offline = "1" if host_reachable("download.pytorch.org", 443, PROBE_TIMEOUT_S) else "0"
     # A subprocess timeout, not a timing assert: a hang fails the test instead of blocking CI.
     res = subprocess.run(
         [sys.executable, "-m", "pipeline", "extract", str(tmp_path / "in"), "--store",
          str(tmp_path / "f.h5"), "--weights", "imagenet", "--no-progress"],
         capture_output=True, text=True, timeout=45, cwd=tmp_path,
-        env=_env(TORCH_HOME=str(tmp_path / "th")))
+        env=_env(TORCH_HOME=str(tmp_path / "th"), SSIMCACHE_OFFLINE=offline))
     assert res.returncode == 1, res.stderr
     cache = tmp_path / "th" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
     assert res.stderr.startswith("Error: ") and "Traceback" not in res.stderr
