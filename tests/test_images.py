@@ -166,3 +166,14 @@ def test_resize_options_change_pixels() -> None:
     assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
     with pytest.raises(PipelineError):
         resize_rgb(img, 24, interpolation="lanczos", antialias=False)
+
+
+def test_images_module_does_not_import_torch() -> None:
+    # score/label expand inputs with it; cached scoring must not pay for importing torch
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.images; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
