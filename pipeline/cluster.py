@@ -32,7 +32,6 @@ from store.keys import fingerprint
 
 BACKENDS = ("local", "dask", "ray")
 CONNECT_TIMEOUT_S = 30   # to reach a scheduler, and to wait for a first worker
-SHARDS_PER_SLOT = 4      # small enough shards to balance load and bound what a death costs
 
 
 class ClusterError(PipelineError):
@@ -128,17 +127,16 @@ def _ray_results(ray: Any, tasks: list[tuple[int, list[str], list[str]]], cfg: E
         yield ray.get(done[0])
 
 
-def _slots(backend: str, engine: Any) -> int:
-    if backend == "dask":
-        return max(1, sum(engine.nthreads().values()))
-    return max(1, int(engine.cluster_resources().get("CPU", 1)))
-
-
-def shard(items: list[tuple[str, str]], slots: int, batch_size: int,
+def shard(items: list[tuple[str, str]], batch_size: int,
           shard_size: int = 0) -> list[tuple[int, list[str], list[str]]]:
-    """(path, key) work items -> [(shard_id, paths, keys)]; auto size gives every slot several
-    shards (load balance, cheap retries) but never more than one batch per shard."""
-    size = shard_size or max(1, min(batch_size, -(-len(items) // (slots * SHARDS_PER_SLOT))))
+    """(path, key) work items -> [(shard_id, paths, keys)], in order.
+
+    Default: one shard per model batch, cut where the local runner cuts its batches: the same
+    images per forward at the same thread count pick the same oneDNN kernels and give the
+    local run's vectors to the bit; another batch size or thread count moves the last bits
+    (about 1e-6 relative).
+    """
+    size = shard_size or batch_size
     return [(i, [p for p, _ in items[j:j + size]], [k for _, k in items[j:j + size]])
             for i, j in enumerate(range(0, len(items), size))]
 
@@ -212,7 +210,7 @@ def _dispatch(backend: str, scheduler: str | None, local_workers: int, shard_siz
     key_of = dict(items)  # path -> expected key
     done: set[int] = set()
     with bar, engine_cm(scheduler, local_workers) as engine:
-        tasks = shard(items, _slots(backend, engine), cfg.batch_size, shard_size)
+        tasks = shard(items, cfg.batch_size, shard_size)
         try:
             for r in results(engine, tasks, cfg, parcel, fp, retries):
                 if r.shard_id in done:  # a duplicate delivery must never be written twice

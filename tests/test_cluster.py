@@ -92,12 +92,13 @@ def _assert_same(local: Path, remote: Path, fp: str) -> None:
         assert fs.verify() == []
 
 
-def test_shards_cover_work_once() -> None:
+def test_shards_cover_work_once_in_local_batch_order() -> None:
     items = [(f"p{i}", f"k{i}") for i in range(10)]
-    tasks = shard(items, slots=2, batch_size=32)
+    tasks = shard(items, batch_size=4)
     assert [p for _, ps, _ in tasks for p in ps] == [p for p, _ in items]
-    assert len(tasks) == 5 and len({i for i, _, _ in tasks}) == 5   # 2 slots x 4, sized 2
-    assert max(len(ps) for _, ps, _ in shard(items, slots=1, batch_size=2)) == 2
+    assert [k for _, _, ks in tasks for k in ks] == [k for _, k in items]
+    assert [len(ps) for _, ps, _ in tasks] == [4, 4, 2] and [i for i, _, _ in tasks] == [0, 1, 2]
+    assert [len(ps) for _, ps, _ in shard(items, batch_size=4, shard_size=3)] == [3, 3, 3, 1]
 
 
 def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster) -> None:
@@ -112,7 +113,7 @@ def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster)
     assert [p for p, _ in rep.failures] == [p for p, _ in local.failures]
     _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
     # 6 shards over 2 workers, yet each worker process built the backbone at most once.
-    assert all(builds_now - before[w] <= 1 for w, builds_now in client.run(builds).items())
+    assert all(n - before.get(w, 0) <= 1 for w, n in client.run(builds).items())
     again = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
                                scheduler=c.scheduler_address, progress=False)
     assert (again.cached, again.computed) == (N_IMAGES, 0)
@@ -133,12 +134,15 @@ def test_dead_worker_shard_is_retried_and_nothing_written_twice(tmp_path, images
 
     monkeypatch.setattr(Namespace, "put_many", spy)
     pids = set(client.run(os.getpid).values())
+    before = client.run(builds)
     rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
                              scheduler=c.scheduler_address, progress=False,
                              backbone=TinyBackbone(str(marker)), shard_size=2)
     assert marker.exists()  # a worker really died mid-shard ...
     client.wait_for_workers(2, timeout=60)  # ... and its nanny starts a new one
     assert set(client.run(os.getpid).values()) != pids
+    # The injected module was broadcast once; each process (the new one too) built once.
+    assert all(n - before.get(w, 0) <= 1 for w, n in client.run(builds).items())
     assert (rep.computed, rep.failed) == (N_IMAGES, 1)
     assert sorted(written) == sorted(set(written)) and len(written) == N_IMAGES
     _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)

@@ -1,0 +1,36 @@
+"""`ssimcache bench cluster`: local extract vs --backend dask; prints a table, writes JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+
+@click.command("cluster")
+@click.option("--images", type=click.IntRange(1), default=200, show_default=True,
+              help="Generated 256x256 PNGs, the same set for both paths.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Timed runs per path, interleaved (median reported).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Local Dask worker processes (one thread each).")
+@click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("bench-results/cluster.json"), show_default=True)
+def bench_cluster(images: int, repeats: int, workers: int, image_size: int, batch_size: int,
+                  out: Path) -> None:
+    """Extract throughput here vs on a local Dask cluster (random:0 weights, fp32)."""
+    from pipeline.bench_cluster import format_table, run_bench
+
+    result = run_bench(n_images=images, repeats=repeats, workers=workers,
+                       image_size=image_size, batch_size=batch_size,
+                       log=lambda s: click.echo(s, err=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    click.echo(format_table(result))
+    click.echo(f"wrote {out}")
