@@ -26,6 +26,11 @@ class ValidateError(PipelineError):
     """The validation suite cannot run as asked (bad check name, unusable model or inputs)."""
 
 
+class ModelOutputError(Exception):
+    """The model broke the interface (forward must return two tensors): a finding that fails
+    the check it happened in, not a user error that stops the run."""
+
+
 @dataclass(frozen=True)
 class ValidateConfig:
     """Every knob of `ssimcache validate`; thresholds are the pass/fail lines the report states."""
@@ -119,7 +124,7 @@ def call_model(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     out = model(x)
     if not (isinstance(out, (tuple, list)) and len(out) == 2
             and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ValidateError(
+        raise ModelOutputError(
             f"{type(model).__name__}.forward must return (prediction, features) tensors, "
             f"got {type(out).__name__}")
     return out[0], out[1]

@@ -99,9 +99,18 @@ def check_robustness(model: nn.Module, cfg: ValidateConfig, images: Sequence[Pat
                      f"(max {worst:.4f}) over {len(paths)} images")
         rows.append([name, round(mean, 6), round(worst, 6), "pass" if ok else "fail"])
     res.table("shifts", ["perturbation", "mean |shift|", "max |shift|", "result"], rows)
+    # A saturated sigmoid (every score at 0 or 1) shows zero shift whatever the input: that
+    # is a model that cannot rank images (an untrained head?), not a robust one.
+    saturated = float(np.mean((base < 1e-4) | (base > 1 - 1e-4)))
+    if saturated == 1.0:
+        res.fail(f"all {len(base)} predictions are saturated at 0 or 1 (mean "
+                 f"{base.mean():.4f}): shifts cannot be measured; validate a trained head "
+                 "(--checkpoint)")
     res.figures.update({"images": len(paths), "unreadable": unreadable,
                         "shift_limit": cfg.robust_shift_limit,
-                        "base_mean_prediction": float(base.mean())})
+                        "base_mean_prediction": float(base.mean()),
+                        "base_std_prediction": float(base.std()),
+                        "saturated_share": saturated})
     res.summary = f"{len(paths)} images, {len(rows)} perturbations, mean-shift limit " \
                   f"{cfg.robust_shift_limit:g}"
     return res

@@ -136,6 +136,14 @@ class SwallowsNaN(Healthy):
         return super().forward(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
 
 
+class Saturated(Healthy):
+    """Huge logits: every prediction is exactly 1.0 (an untrained head on raw features)."""
+
+    def forward(self, x):
+        f = self.feature_extractor(x)
+        return torch.sigmoid(1e4 + self.predictor.l2(self.predictor.hidden(f))), f
+
+
 def failed(report: dict) -> set[str]:
     return {n for n, c in report["checks"].items() if c["status"] == "fail"}
 
@@ -174,6 +182,20 @@ def test_each_broken_model_fails_exactly_its_check(model_cls, check, message):
     assert any(message in f for f in report["checks"][check]["failures"])
     assert report["passed"] is False
     assert schema_errors(json.loads(json.dumps(report))) == []
+
+
+class PredictionOnly(Healthy):
+    """Breaks the interface: returns the prediction alone."""
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+def test_interface_break_fails_every_model_check_without_crashing():
+    report = run_validation(PredictionOnly(), dataclasses.replace(SMALL, checks=BREAKABLE))
+    assert failed(report) == set(BREAKABLE)
+    assert all("must return (prediction, features)" in c["failures"][0]
+               for c in report["checks"].values())
 
 
 def test_gradient_thresholds_and_performance_targets_can_fail():
@@ -230,6 +252,10 @@ def test_robustness_and_comparison(tmp_path):
     assert [r[0] for r in rows] == ["[32, 16]", "[8]"]
     assert rows[0][1] > rows[1][1]  # parameter counts differ with the hidden layers
     assert schema_errors(json.loads(json.dumps(report))) == []
+    # a saturated model (every score 1.0) cannot show a shift: flagged, not passed
+    saturated = run_validation(Saturated(), dataclasses.replace(cfg, checks=("robustness",)),
+                               images=_images(tmp_path))
+    assert any("saturated" in f for f in saturated["checks"]["robustness"]["failures"])
     # a zero shift limit makes the robustness check fail, nothing else
     strict = dataclasses.replace(cfg, robust_shift_limit=0.0, checks=("robustness",))
     assert failed(run_validation(Healthy(), strict, images=_images(tmp_path))) == {"robustness"}
