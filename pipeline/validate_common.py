@@ -86,6 +86,9 @@ class ValidateConfig:
                              "the first and last 10 runs)")
         if min(self.batch_sizes + self.memory_batch_sizes + self.latency_batch_sizes) < 1:
             raise ValueError("batch sizes must be >= 1")
+        if not self.compare_heads or any(not h for h in self.compare_heads):
+            raise ValueError("compare_heads must list at least one head, each with at least "
+                             "one hidden layer")
         if self.grad_batch < 2:
             raise ValueError("grad_batch must be >= 2 (BatchNorm needs 2 rows in train mode)")
 

@@ -77,15 +77,15 @@ def check_robustness(model: nn.Module, cfg: ValidateConfig, images: Sequence[Pat
     if len(picks) > cfg.robust_max_images:  # evenly spaced: a labels CSV is often sorted
         step = len(picks) / cfg.robust_max_images
         picks = [picks[int(i * step)] for i in range(cfg.robust_max_images)]
-    originals, unreadable = [], []
+    originals, paths, unreadable = [], [], []
     for p in picks:
         try:
             originals.append(decode_image(Path(p).read_bytes(), 64_000_000, name=str(p)))
+            paths.append(str(p))
         except (OSError, ImageError) as e:  # a bad file is a note, not the model's failure
             unreadable.append(f"{p}: {e}")
     if not originals:
         return res.skip(f"none of the {len(unreadable)} images could be read: {unreadable[:3]}")
-    paths = originals
     model.eval()
     base = _predict(model, originals, pre)
     rows = []
@@ -97,8 +97,11 @@ def check_robustness(model: nn.Module, cfg: ValidateConfig, images: Sequence[Pat
         if not ok:
             res.fail(f"{name}: mean |shift| {mean:.4f} > {cfg.robust_shift_limit:g} "
                      f"(max {worst:.4f}) over {len(paths)} images")
-        rows.append([name, round(mean, 6), round(worst, 6), "pass" if ok else "fail"])
-    res.table("shifts", ["perturbation", "mean |shift|", "max |shift|", "result"], rows)
+        rows.append([name, round(mean, 6), round(worst, 6),
+                     Path(paths[int(np.nanargmax(shift))]).name if np.isfinite(shift).any()
+                     else "-", "pass" if ok else "fail"])
+    res.table("shifts", ["perturbation", "mean |shift|", "max |shift|", "worst image",
+                         "result"], rows)
     # A saturated sigmoid (every score at 0 or 1) shows zero shift whatever the input: that
     # is a model that cannot rank images (an untrained head?), not a robust one.
     saturated = float(np.mean((base < 1e-4) | (base > 1 - 1e-4)))
@@ -149,6 +152,11 @@ def check_comparison(cfg: ValidateConfig, data: LabeledFeatures | None) -> Check
     if parts["train"].sum() < 2 or not parts["val"].any():
         raise ValidateError(f"the key split left {int(parts['train'].sum())} train and "
                             f"{int(parts['val'].sum())} validation rows: label more images")
+    # Warm-up (one epoch of the smallest head): the first training in a process pays for lazy
+    # init, which would otherwise be charged to whichever head comes first.
+    smallest = min(cfg.compare_heads, key=lambda h: sum(h))
+    train_head(x[parts["train"]], y[parts["train"]], x[parts["val"]], y[parts["val"]],
+               dataclasses.replace(base, hidden_dims=tuple(smallest), epochs=1), progress=False)
     rows = []
     for hidden in cfg.compare_heads:
         tc = dataclasses.replace(base, hidden_dims=tuple(hidden))

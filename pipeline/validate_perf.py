@@ -98,7 +98,7 @@ def check_memory(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     return res
 
 
-def _median_ms(fn: Any, x: torch.Tensor, repeats: int) -> float:
+def _times_ms(fn: Any, x: torch.Tensor, repeats: int) -> list[float]:
     with torch.no_grad():
         fn(x)  # warm-up: first call pays for lazy init and allocator growth
         times = []
@@ -106,7 +106,7 @@ def _median_ms(fn: Any, x: torch.Tensor, repeats: int) -> float:
             t0 = time.perf_counter()
             fn(x)
             times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+    return times
 
 
 def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
@@ -116,25 +116,29 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     cores = all_cores()
     old_threads = torch.get_num_threads()
     thread_counts = sorted({1, cores})
-    latency: dict[int, dict[int, float]] = {}
+    times: dict[int, dict[int, list[float]]] = {}
     try:
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            latency[threads] = {
-                b: _median_ms(lambda x: call_model(model, x),
-                              make_input(b, cfg.image_size, cfg.seed), cfg.latency_repeats)
+            times[threads] = {
+                b: _times_ms(lambda x: call_model(model, x),
+                             make_input(b, cfg.image_size, cfg.seed), cfg.latency_repeats)
                 for b in cfg.latency_batch_sizes}
         torch.set_num_threads(cores)
         head = getattr(model, "predictor", None)
         head_ms = None
         if isinstance(head, nn.Module):
             feats = torch.randn(1, cfg.feature_dim, generator=torch.Generator().manual_seed(0))
-            head_ms = _median_ms(head, feats, max(cfg.latency_repeats, 20))
+            head_ms = statistics.median(_times_ms(head, feats, max(cfg.latency_repeats, 20)))
     finally:
         torch.set_num_threads(old_threads)
-    rows = [[threads, b, round(ms, 3), round(ms / b, 3)]
-            for threads, per in latency.items() for b, ms in per.items()]
-    res.table("latency_ms", ["threads", "batch", "median ms per batch", "ms per image"], rows)
+    latency = {t: {b: statistics.median(ts) for b, ts in per.items()}
+               for t, per in times.items()}
+    # min beside the median: on a shared CPU the spread says how much to trust the median
+    rows = [[t, b, round(latency[t][b], 3), round(min(ts), 3), round(latency[t][b] / b, 3)]
+            for t, per in times.items() for b, ts in per.items()]
+    res.table("latency_ms", ["threads", "batch", "median ms per batch", "min ms per batch",
+                             "median ms per image"], rows)
     full = latency[cores]
     # per-image latency at batch 1 (or the smallest batch measured, per image)
     single = full[1] if 1 in full else full[min(full)] / min(full)
