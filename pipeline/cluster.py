@@ -80,7 +80,7 @@ def _dask_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
 
 
 def _dask_results(client: Any, tasks: list[tuple[int, list[str], list[str]]],
-                  cfg: ExtractConfig, parcel: BackboneParcel, fp: str,
+                  cfg: ExtractConfig, parcel: BackboneParcel, spec: dict,
                   retries: int) -> Iterator[ShardResult]:
     from joblib import Parallel, delayed, parallel_config
 
@@ -90,7 +90,7 @@ def _dask_results(client: Any, tasks: list[tuple[int, list[str], list[str]]],
     with parallel_config(backend="dask", client=client, scatter=[parcel], retries=retries,
                          wait_for_workers_timeout=CONNECT_TIMEOUT_S):
         yield from Parallel(n_jobs=-1, return_as="generator_unordered", batch_size=1)(
-            delayed(run_shard)(i, paths, keys, cfg, parcel, fp) for i, paths, keys in tasks)
+            delayed(run_shard)(i, paths, keys, cfg, parcel, spec) for i, paths, keys in tasks)
 
 
 @contextmanager
@@ -115,13 +115,13 @@ def _ray_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
 
 
 def _ray_results(ray: Any, tasks: list[tuple[int, list[str], list[str]]], cfg: ExtractConfig,
-                 parcel: BackboneParcel, fp: str, retries: int) -> Iterator[ShardResult]:
+                 parcel: BackboneParcel, spec: dict, retries: int) -> Iterator[ShardResult]:
     # The parcel goes into the object store once (read by each node from shared memory); tasks
     # carry the wrapped ref and a worker fetches it only on its cache miss.
     ref = RayParcelRef(parcel.token, ray.put(parcel))
     # max_retries: resubmit when the worker process dies; retry_exceptions: also when it raises.
     remote = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=retries > 0)(run_shard)
-    pending = [remote.remote(i, paths, keys, cfg, ref, fp) for i, paths, keys in tasks]
+    pending = [remote.remote(i, paths, keys, cfg, ref, spec) for i, paths, keys in tasks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])
@@ -212,7 +212,7 @@ def _dispatch(backend: str, scheduler: str | None, local_workers: int, shard_siz
     with bar, engine_cm(scheduler, local_workers) as engine:
         tasks = shard(items, cfg.batch_size, shard_size)
         try:
-            for r in results(engine, tasks, cfg, parcel, fp, retries):
+            for r in results(engine, tasks, cfg, parcel, spec, retries):
                 if r.shard_id in done:  # a duplicate delivery must never be written twice
                     continue
                 done.add(r.shard_id)

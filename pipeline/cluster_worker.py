@@ -22,7 +22,7 @@ class BackboneParcel:
     """What a worker needs to build the backbone; it reaches each worker once, not once per task.
 
     `random:SEED` weights ship nothing (every process builds the same init); `imagenet` and
-    PATH weights ship the state dict (~100 MB for ResNet-50), so workers need neither the
+    PATH weights ship the state dict (~94 MB for ResNet-50), so workers need neither the
     torchvision cache nor a shared path; an injected module (tests) ships itself.
     """
 
@@ -107,20 +107,30 @@ def worker_threads(cfg: Any) -> int:
         return cpu_count()
 
 
-def run_shard(shard_id: int, paths: list[str], keys: list[str], cfg: Any,
-              parcel: BackboneParcel | RayParcelRef, expected_fingerprint: str) -> ShardResult:
-    """Hash, decode and embed `paths` (expected content `keys`) here; the driver writes."""
+def worker_fingerprint(cfg: Any, driver_spec: dict[str, Any]) -> str:
+    """The fingerprint this process would compute for `cfg`, weights identity taken from the
+    driver: a weights file need not exist here, but versions and preprocessing code must match."""
     from pipeline.spec import feature_spec
     from store.keys import fingerprint
 
+    spec = feature_spec(replace(cfg, weights="random:0"))  # no file read for the identity
+    spec["weights"] = driver_spec["weights"]
+    return fingerprint(spec)
+
+
+def run_shard(shard_id: int, paths: list[str], keys: list[str], cfg: Any,
+              parcel: BackboneParcel | RayParcelRef, driver_spec: dict[str, Any]) -> ShardResult:
+    """Hash, decode and embed `paths` (expected content `keys`) here; the driver writes."""
+    from store.keys import fingerprint
+
     t0 = time.perf_counter()
-    fp = fingerprint(feature_spec(cfg))
-    if fp != expected_fingerprint:
+    fp, expected = worker_fingerprint(cfg, driver_spec), fingerprint(driver_spec)
+    if fp != expected:
         # Different torch/torchvision/Pillow on this worker: its vectors belong elsewhere.
         raise WorkerMismatchError(
             f"worker pid {os.getpid()} computes fingerprint {fp[:12]} but the driver's namespace "
-            f"is {expected_fingerprint[:12]}: install the same ssimcache, torch, torchvision and "
-            "Pillow versions on the workers as on the driver")
+            f"is {expected[:12]}: install the same ssimcache, torch, torchvision and Pillow "
+            "versions on the workers as on the driver")
     n = worker_threads(cfg)
     worker = _extract_worker(parcel, replace(cfg, threads=n, workers=n))
     # Keys are re-derived from the bytes each worker reads; a file changed since the driver

@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.cluster import ClusterError, extract_on_cluster, shard
 from pipeline.cluster_worker import builds
+from pipeline.errors import PipelineError
 from pipeline.extract import extract
 from pipeline.spec import ExtractConfig
 from store.hdf5 import FeatureStore
@@ -147,6 +148,66 @@ def test_dead_worker_shard_is_retried_and_nothing_written_twice(tmp_path, images
     assert sorted(written) == sorted(set(written)) and len(written) == N_IMAGES
     _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
     assert rep.fingerprint == local.fingerprint
+
+
+_SAVED: list[tuple[object, str, object]] = []  # in each worker process: what _swap replaced
+
+
+def _swap(module: str, names: tuple[str, ...], value: object) -> None:
+    """Run on workers via client.run: replace module attributes until _unswap()."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    for n in names:
+        _SAVED.append((mod, n, getattr(mod, n)))
+        setattr(mod, n, value)
+
+
+def _unswap() -> None:
+    while _SAVED:
+        mod, n, old = _SAVED.pop()
+        setattr(mod, n, old)
+
+
+def _no_file(*a, **k):
+    raise AssertionError("a worker read the weights file")
+
+
+def _other_versions() -> dict[str, str]:
+    return {"torch": "0.1", "torchvision": "0.1", "pillow": "1.0"}
+
+
+def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) -> None:
+    from pipeline.backbone import load_backbone
+
+    c, client = cluster
+    weights = tmp_path / "resnet.pt"
+    torch.save(load_backbone("random:3").net.state_dict(), weights)
+    cfg = _cfg(weights=str(weights))
+    local = extract(images, tmp_path / "local.h5", cfg, progress=False)
+    # On the workers the weights file is off-limits: they must build from the shipped dict.
+    client.run(_swap, "pipeline.weights", ("file_state_dict", "file_sha256"), _no_file)
+    client.run(_swap, "pipeline.backbone", ("file_state_dict",), _no_file)
+    try:
+        rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
+                                 scheduler=c.scheduler_address, progress=False)
+    finally:
+        client.run(_unswap)
+    assert rep.fingerprint == local.fingerprint and rep.computed == N_IMAGES
+    _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
+
+
+def test_worker_with_other_versions_refuses(tmp_path, images, cluster) -> None:
+    c, client = cluster
+    client.run(_swap, "pipeline.spec", ("library_versions",), _other_versions)
+    try:
+        with pytest.raises(PipelineError, match="computes fingerprint .* same ssimcache, torch"):
+            extract_on_cluster(images, tmp_path / "v.h5", _cfg(), backend="dask",
+                               scheduler=c.scheduler_address, progress=False)
+    finally:
+        client.run(_unswap)
+    with FeatureStore(tmp_path / "v.h5", mode="r") as fs:
+        assert fs.fingerprints() == []  # nothing written under the driver's namespace
 
 
 def test_cli_extract_on_dask(tmp_path, images, cluster) -> None:
