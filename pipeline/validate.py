@@ -156,9 +156,9 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
 
     from pipeline.images import expand_inputs
 
-    if (store is None) != (labels is None):
-        raise ValidateError("--store and --labels go together (the architecture comparison "
-                            "trains heads on the stored vectors of the labelled images)")
+    if store is not None and labels is None:
+        raise ValidateError("--store needs --labels: the architecture comparison trains heads "
+                            "on the stored vectors of the labelled images")
     model, ecfg, ckpt, source = load_model(checkpoint, extract_config, overrides)
     cfg = dataclasses.replace(cfg, image_size=ecfg.image_size)
     paths: list[Path] = expand_inputs(images) if images else []

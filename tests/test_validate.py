@@ -332,13 +332,46 @@ def test_cli_exit_code_and_reports(tmp_path, monkeypatch, model_cls, code):
     assert out.exit_code == code and json.loads(out.stdout)["passed"] is (code == 0)
 
 
+def test_cli_store_and_labels_feed_robustness_and_comparison(tmp_path, monkeypatch):
+    """--store --labels: labelled images drive robustness; their cached vectors the comparison."""
+    import pipeline.validate as validate_mod
+    from pipeline.cli import cli
+    from pipeline.extract import ExtractConfig, feature_spec
+    from store.hdf5 import FeatureStore
+    from store.keys import content_key, fingerprint
+
+    monkeypatch.setattr(validate_mod, "load_model", _fake_loader(Healthy))
+    images = [tmp_path / f"img{i}.png" for i in range(30)]
+    rng = np.random.default_rng(1)
+    for p in images:
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(p)
+    (tmp_path / "labels.csv").write_text(
+        "path,ssim\n" + "".join(f"{p.name},{rng.uniform(0.3, 1):.4f}\n" for p in images))
+    spec = feature_spec(ExtractConfig(weights="random:0", image_size=32))
+    with FeatureStore(tmp_path / "f.h5", mode="a") as fs:
+        ns = fs.namespace(fingerprint(spec), spec=spec, dim=D)
+        ns.put_many([content_key(p) for p in images],
+                    rng.normal(size=(len(images), D)).astype(np.float32))
+    cfg = tmp_path / "validate.json"
+    cfg.write_text(json.dumps({"image_size": 32, "feature_dim": D, "compare_heads": [[8]],
+                               "compare_epochs": 3, "robust_max_images": 4}))
+    result = CliRunner().invoke(cli, [
+        "validate", "--config", str(cfg), "--checks", "robustness,comparison", "--store",
+        str(tmp_path / "f.h5"), "--labels", str(tmp_path / "labels.csv"), "--cached-only",
+        "--no-progress", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.stdout)["checks"]
+    assert checks["robustness"]["figures"]["images"] == 4
+    assert sum(checks["comparison"]["figures"]["rows"].values()) == 30
+
+
 def test_cli_usage_errors(tmp_path):
     from pipeline.cli import cli
 
     bad = CliRunner().invoke(cli, ["validate", "--checks", "dimensions,colour"])
     assert bad.exit_code == 2 and "unknown check(s) ['colour']" in bad.output
     half = CliRunner().invoke(cli, ["validate", "--store", str(tmp_path / "f.h5")])
-    assert half.exit_code == 1 and "--store and --labels go together" in half.output
+    assert half.exit_code == 1 and "--store needs --labels" in half.output
 
 
 def test_real_resnet50_smoke():
