@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 
-from pipeline.cli.train_cmd import default_config, extractor_options
+from pipeline.cli.train_cmd import default_config
 
 CHECK_NAMES = ("dimensions", "gradients", "memory", "performance", "stability", "robustness",
                "profile", "comparison")
@@ -38,6 +39,25 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def extractor_options(fn: Any) -> Any:
+    """--weights/--precision/--image-size/--extract-config: the backbone and preprocessing."""
+    for opt in reversed([
+        click.option("--weights", default=None,
+                     help="Backbone weights: imagenet | PATH (state dict) | random:SEED "
+                          "[default: the checkpoint's; without one, configs/extract.json's]"),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+                     help="Recorded extractor precision (selects the store namespace; the "
+                          "validated model runs fp32) [default: the checkpoint's / config's]"),
+        click.option("--image-size", type=click.IntRange(min=16), default=None,
+                     help="Model input size [default: the checkpoint's / config's]"),
+        click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
+                     help="Extractor JSON config [default: the checkpoint's settings; "
+                          "without one, configs/extract.json]"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 @click.command("validate")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Head checkpoint from `ssimcache train` [default: an untrained default head]")
@@ -54,7 +74,8 @@ def summary_table(report: dict) -> str:
 @click.option("--store", type=click.Path(dir_okay=False), default=None,
               help="Feature store for the architecture comparison (with --labels).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="Labels CSV `path,ssim[,family]` for the comparison (with --store).")
+              help="Labels CSV `path,ssim[,family]`: its images feed the robustness check "
+                   "(unless --images), its labels the comparison (with --store).")
 @click.option("--cached-only", is_flag=True,
               help="Comparison: fail instead of extracting labelled images the store lacks.")
 @click.option("--leak-iterations", type=click.IntRange(min=20), default=None,
