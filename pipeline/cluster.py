@@ -27,6 +27,7 @@ from pipeline.cluster_worker import BackboneParcel, RayParcelRef, ShardResult, r
 from pipeline.errors import PipelineError
 from pipeline.extract import ExtractReport, extract, hash_inputs
 from pipeline.spec import ExtractConfig, feature_spec
+from store.errors import StoreError
 from store.hdf5 import FeatureStore
 from store.keys import fingerprint
 
@@ -174,19 +175,20 @@ def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureS
             if k in missing and k not in todo:
                 todo[k] = p
         cached = len(path_keys) - sum(1 for k in path_keys.values() if k in missing)
-        failed_keys: dict[str, str] = {}
+        sink = _Sink(fs, ns, fp, spec, cfg.dtype, {p: k for k, p in todo.items()})
         if todo:
-            parcel = make_parcel(cfg, backbone, fp)
-            ns = _dispatch(backend, scheduler, local_workers, shard_size, retries, cfg, parcel,
-                           fp, spec, fs, ns, [(p, k) for k, p in todo.items()], failed_keys,
-                           tqdm(total=len(todo), unit="img", desc=f"extract ({backend})",
-                                disable=not progress, dynamic_ncols=True))
+            tasks = shard([(p, k) for k, p in todo.items()], cfg.batch_size, shard_size)
+            with tqdm(total=len(todo), unit="img", desc=f"extract ({backend})",
+                      disable=not progress, dynamic_ncols=True) as sink.bar:
+                _dispatch(backend, scheduler, local_workers, retries, cfg,
+                          make_parcel(cfg, backbone, fp), tasks, sink)
         elapsed = time.perf_counter() - t_start
     finally:
         if own:
             fs.close()
     failures = sorted(hash_fail.items())
     keys: dict[str, str] = {}
+    failed_keys = sink.failed_keys
     for p, k in path_keys.items():
         if k in failed_keys:  # same bytes as a failed file: same failure
             failures.append((p, failed_keys[k] if todo.get(k) == p
@@ -200,36 +202,47 @@ def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureS
                          timings={"total_s": elapsed})
 
 
-def _dispatch(backend: str, scheduler: str | None, local_workers: int, shard_size: int,
-              retries: int, cfg: ExtractConfig, parcel: BackboneParcel, fp: str, spec: dict,
-              fs: FeatureStore, ns: Any, items: list[tuple[str, str]],
-              failed_keys: dict[str, str], bar: Any) -> Any:
-    """Send the shards, write each result as it arrives; returns the (maybe new) namespace."""
+class _Sink:
+    """The driver's writer: one committed put_many per shard result, each shard at most once."""
+
+    def __init__(self, fs: FeatureStore, ns: Any, fp: str, spec: dict, dtype: str,
+                 key_of: dict[str, str]) -> None:
+        self.fs, self.ns, self.fp, self.spec, self.dtype = fs, ns, fp, spec, dtype
+        self.key_of = key_of                       # path -> expected key
+        self.failed_keys: dict[str, str] = {}      # key -> failure reason
+        self.done: set[int] = set()                # shard ids written
+        self.bar: Any = None
+
+    def take(self, r: ShardResult) -> None:
+        if r.shard_id in self.done:  # a duplicate delivery must never be written twice
+            return
+        self.done.add(r.shard_id)
+        if len(r.keys):
+            if self.ns is None:  # created on first write: D comes from the backbone
+                self.ns = self.fs.namespace(self.fp, spec=self.spec,
+                                            dim=int(r.vectors.shape[1]), dtype=self.dtype)
+            self.ns.put_many(r.keys, r.vectors.astype(self.dtype, copy=False))
+        for p, reason in r.failures:
+            self.failed_keys[self.key_of[p]] = reason
+        if self.bar is not None:
+            self.bar.update(len(r.keys) + len(r.failures))
+
+
+def _dispatch(backend: str, scheduler: str | None, local_workers: int, retries: int,
+              cfg: ExtractConfig, parcel: BackboneParcel,
+              tasks: list[tuple[int, list[str], list[str]]], sink: _Sink) -> None:
+    """Send the shards to the engine and hand each result to the sink as it arrives."""
     engine_cm, results = ((_dask_engine, _dask_results) if backend == "dask"
                           else (_ray_engine, _ray_results))
-    key_of = dict(items)  # path -> expected key
-    done: set[int] = set()
-    with bar, engine_cm(scheduler, local_workers) as engine:
-        tasks = shard(items, cfg.batch_size, shard_size)
+    with engine_cm(scheduler, local_workers) as engine:
         try:
-            for r in results(engine, tasks, cfg, parcel, spec, retries):
-                if r.shard_id in done:  # a duplicate delivery must never be written twice
-                    continue
-                done.add(r.shard_id)
-                if len(r.keys):
-                    if ns is None:  # created on first write: D comes from the backbone
-                        ns = fs.namespace(fp, spec=spec, dim=int(r.vectors.shape[1]),
-                                          dtype=cfg.dtype)
-                    ns.put_many(r.keys, r.vectors.astype(cfg.dtype, copy=False))
-                for p, reason in r.failures:
-                    failed_keys[key_of[p]] = reason
-                bar.update(len(r.keys) + len(r.failures))
-        except PipelineError:
+            for r in results(engine, tasks, cfg, parcel, sink.spec, retries):
+                sink.take(r)
+        except (PipelineError, StoreError):
             raise
         except Exception as e:  # noqa: BLE001 - engine errors (KilledWorker, RayTaskError, ...)
-            left = len(tasks) - len(done)
+            left = len(tasks) - len(sink.done)
             raise ClusterError(
                 f"{backend} run stopped with {left} of {len(tasks)} shards unfinished after "
                 f"{retries} retries ({type(e).__name__}: {e}); rows written so far are kept, "
                 "so running the same command again computes only the rest") from e
-    return ns

@@ -16,10 +16,13 @@ import click
               help="Timed runs per path, interleaved (median reported).")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
               help="Local Dask worker processes (one thread each).")
-@click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--image-size", type=click.IntRange(16), default=224, show_default=True,
+              help="Model input side in pixels.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per forward pass, hence per shard sent to a worker.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("bench-results/cluster.json"), show_default=True)
+              default=Path("bench-results/cluster.json"), show_default=True,
+              help="Where the JSON result is written.")
 def bench_cluster(images: int, repeats: int, workers: int, image_size: int, batch_size: int,
                   out: Path) -> None:
     """Extract throughput here vs on a local Dask cluster (random:0 weights, fp32)."""
