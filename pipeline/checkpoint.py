@@ -131,6 +131,7 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

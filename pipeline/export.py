@@ -82,6 +82,7 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
         if not diff <= tolerance:
             raise PipelineError(f"{fmt} export of {checkpoint} differs from eager by {diff:.2e} "
                                 f"(> {tolerance:.0e}); not written to {out}")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -40,7 +40,12 @@ class SSIMPredictor(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming (He) normal for Linear weights, zero biases; BatchNorm weight 1, bias 0."""
+        """Kaiming (He) normal for the hidden Linears, zero biases; BatchNorm weight 1, bias 0.
+
+        The output Linear gets a small normal init instead: Kaiming fan_out on a 128 -> 1 layer
+        has std sqrt(2), which saturates the sigmoid at the start (measured: the head then
+        never leaves the saturated region on the demo data and predicts worse than the mean).
+        """
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -48,11 +53,24 @@ class SSIMPredictor(nn.Module):
             elif isinstance(m, nn.BatchNorm1d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        out = self.mlp[-1]
+        nn.init.normal_(out.weight, std=1e-3)
+
+    def init_output_bias(self, mean_label: float) -> None:
+        """Start predicting the training labels' mean: bias = inverse output activation."""
+        m = min(max(float(mean_label), 1e-4), 1 - 1e-4)
+        z = np.log(m / (1 - m)) if self.config.output == "sigmoid" else np.arctanh(2 * m - 1)
+        with torch.no_grad():
+            self.mlp[-1].bias.fill_(float(z))
 
     def set_feature_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """Standardise inputs as (x - mean) / std; std is floored to avoid dividing by ~0."""
+        """Standardise inputs as (x - mean) / std. Dimensions (near-)constant in the training
+        set (dead ReLUs of a random backbone are all zero) keep std 1: dividing by ~0 would
+        turn any unseen non-zero value there into a saturating input."""
+        std = np.asarray(std, dtype=np.float64)
+        tiny = std < max(1e-6, 1e-3 * float(np.median(std)))
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.feature_std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+        self.feature_std.copy_(torch.as_tensor(np.where(tiny, 1.0, std), dtype=torch.float32))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, 1) pre-activation output."""

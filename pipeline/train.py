@@ -36,7 +36,10 @@ class TrainConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     output: Literal["sigmoid", "tanh"] = "sigmoid"
-    threads: int = 0                   # torch intra-op threads; 0 = leave torch's default
+    # torch intra-op threads; 0 = torch's default. 1 by default: the head's matmuls are small
+    # (batch 64) and a second thread mostly waits; measured ~4x faster per epoch on the shared
+    # 2-core machine.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1:
@@ -113,6 +116,7 @@ def _fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.
     head = SSIMPredictor(cfg.head_config(xt.shape[1]))
     if cfg.normalize_features:
         head.set_feature_stats(xt.mean(0).numpy(), xt.std(0).numpy())
+    head.init_output_bias(float(yt.mean()))
     loss_fn = _loss_fn(cfg.loss)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(xt) // cfg.batch_size + (len(xt) % cfg.batch_size > 1))

@@ -130,3 +130,15 @@ def test_summary_counts_trainable_and_frozen():
     assert counts["total"] == info["total"]
     text = format_summary(summary(head))
     assert "frozen 2,098,176" in text and "MiB" in text
+
+
+def test_output_starts_at_mean_label_and_dead_dims_are_not_amplified():
+    torch.manual_seed(0)
+    for output in ("sigmoid", "tanh"):
+        head = SSIMPredictor(HeadConfig(input_dim=16, hidden_dims=(8,), output=output))
+        head.init_output_bias(0.93)
+        out = head.eval()(torch.randn(10, 16))
+        assert torch.allclose(out, torch.full_like(out, 0.93), atol=0.01)
+    head = SSIMPredictor(HeadConfig(input_dim=4, hidden_dims=(4,)))
+    head.set_feature_stats(np.zeros(4), np.array([0.0, 1e-9, 2.0, 3.0]))
+    assert head.feature_std.tolist() == [1.0, 1.0, 2.0, 3.0]
