@@ -53,7 +53,7 @@ class ValidateConfig:
     leak_threshold_mb: float = 16.0
     # performance: seed targets, evaluated with all cores
     latency_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
-    latency_repeats: int = 5
+    latency_repeats: int = 7
     target_single_ms: float = 50.0
     target_batch8_ms: float = 200.0
     target_head_ms: float = 10.0

@@ -98,14 +98,18 @@ def check_memory(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     return res
 
 
-def _times_ms(fn: Any, x: torch.Tensor, repeats: int) -> list[float]:
+def _times_ms(fn: Any, inputs: dict[int, torch.Tensor], repeats: int) -> dict[int, list[float]]:
+    """Wall ms per call for each input, in interleaved rounds (b1, b2, ..., b1, b2, ...) so that
+    a burst of load from other processes hits every batch size alike, not one of them."""
+    times: dict[int, list[float]] = {b: [] for b in inputs}
     with torch.no_grad():
-        fn(x)  # warm-up: first call pays for lazy init and allocator growth
-        times = []
+        for x in inputs.values():
+            fn(x)  # warm-up: first call pays for lazy init and allocator growth
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - t0) * 1000.0)
+            for b, x in inputs.items():
+                t0 = time.perf_counter()
+                fn(x)
+                times[b].append((time.perf_counter() - t0) * 1000.0)
     return times
 
 
@@ -120,16 +124,17 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     try:
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            times[threads] = {
-                b: _times_ms(lambda x: call_model(model, x),
-                             make_input(b, cfg.image_size, cfg.seed), cfg.latency_repeats)
-                for b in cfg.latency_batch_sizes}
+            times[threads] = _times_ms(
+                lambda x: call_model(model, x),
+                {b: make_input(b, cfg.image_size, cfg.seed) for b in cfg.latency_batch_sizes},
+                cfg.latency_repeats)
         torch.set_num_threads(cores)
         head = getattr(model, "predictor", None)
         head_ms = None
         if isinstance(head, nn.Module):
             feats = torch.randn(1, cfg.feature_dim, generator=torch.Generator().manual_seed(0))
-            head_ms = statistics.median(_times_ms(head, feats, max(cfg.latency_repeats, 20)))
+            head_ms = statistics.median(
+                _times_ms(head, {1: feats}, max(cfg.latency_repeats, 20))[1])
     finally:
         torch.set_num_threads(old_threads)
     latency = {t: {b: statistics.median(ts) for b, ts in per.items()}
