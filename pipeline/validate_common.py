@@ -57,6 +57,7 @@ class ValidateConfig:
     target_single_ms: float = 50.0
     target_batch8_ms: float = 200.0
     target_head_ms: float = 10.0
+    perf_fast_path: bool = True  # also time bf16 + channels-last (informational)
     # stability
     large_value: float = 1e4
     small_value: float = 1e-6

@@ -113,6 +113,25 @@ def _times_ms(fn: Any, inputs: dict[int, torch.Tensor], repeats: int) -> dict[in
     return times
 
 
+def _fast_path(model: nn.Module, cfg: ValidateConfig
+               ) -> tuple[str, dict[int, list[float]]] | None:
+    """Latency of a channels-last copy under bf16 autocast (where the CPU has bf16), the
+    extractor's `--precision bf16` path, at all cores for the batch sizes 1 and 8."""
+    import copy
+
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    label = "bf16 autocast + channels-last" if bf16 else "fp32 channels-last"
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+
+    def run(x: torch.Tensor) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            call_model(fast, x)
+
+    inputs = {b: make_input(b, cfg.image_size, cfg.seed).contiguous(
+        memory_format=torch.channels_last) for b in (1, 8) if b in cfg.latency_batch_sizes}
+    return (label, _times_ms(run, inputs, cfg.latency_repeats)) if inputs else None
+
+
 def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     """Median latency per batch size at 1 thread and all cores; seed targets at all cores."""
     res = CheckResult("performance")
@@ -129,6 +148,7 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
                 {b: make_input(b, cfg.image_size, cfg.seed) for b in cfg.latency_batch_sizes},
                 cfg.latency_repeats)
         torch.set_num_threads(cores)
+        fast = _fast_path(model, cfg) if cfg.perf_fast_path else None
         head = getattr(model, "predictor", None)
         head_ms = None
         if isinstance(head, nn.Module):
@@ -159,6 +179,11 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
             res.fail(f"{name}: {ms:.2f} ms >= target {limit:g} ms ({cores} threads)")
         target_rows.append([name, round(ms, 3), limit, "pass" if ok else "fail"])
     res.table("targets", ["measure", "median ms", "target ms (<)", "result"], target_rows)
+    if fast is not None:  # informational: the verdict stays on the model as built
+        label, fast_times = fast
+        res.table("fast_path_ms", ["path", "batch", "median ms per batch", "x fp32 as built"],
+                  [[label, b, round(statistics.median(ts), 3),
+                    round(full[b] / statistics.median(ts), 3)] for b, ts in fast_times.items()])
     one, many = latency[1], latency[cores]
     res.figures.update({
         "cores": cores, "single_image_ms": single, "batch8_ms": full.get(8), "head_ms": head_ms,

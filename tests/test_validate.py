@@ -158,6 +158,7 @@ def test_healthy_model_passes_and_report_matches_schema(tmp_path):
     perf = report["checks"]["performance"]
     assert {r[0] for r in perf["tables"]["targets"]["rows"]} == {
         "single image (batch 1)", "batch of 8", "head alone (batch 1)"}
+    assert [r[1] for r in perf["tables"]["fast_path_ms"]["rows"]] == [1, 8]
     assert len(report["checks"]["memory"]["series"]["rss_mb"]) == SMALL.leak_iterations
     assert report["checks"]["profile"]["tables"]["top_layers"]["rows"]
     # reports are written atomically; the HTML embeds the three plots
