@@ -59,8 +59,12 @@ def _plots(y_true: np.ndarray, y_pred: np.ndarray,
         ax.legend(fontsize=7, loc="upper left")
     else:
         ax.scatter(y_true, y_pred, s=8, alpha=0.6)
-    lo = float(min(y_true.min(), y_pred.min(), 0.0))
-    ax.plot([lo, 1], [lo, 1], "k--", lw=1)
+    # Zoom on the data (logo labels crowd near 1); the dashed line is a perfect prediction.
+    lo = float(min(y_true.min(), y_pred.min())) - 0.02
+    hi = float(max(y_true.max(), y_pred.max(), 1.0)) + 0.01
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
     ax.set_xlabel("true SSIM")
     ax.set_ylabel("predicted SSIM")
     ax.set_title("predicted vs true")

@@ -151,10 +151,16 @@ class Scorer:
                        overrides: dict[str, Any] | None = None) -> list[str | None]:
         """Content keys of `paths`; images missing from the store are extracted (imports torch)
         unless `cached_only`. Images that fail to decode get None and a row in `failures`."""
-        keys: list[str | None] = [content_key(p) for p in paths]
         self.failures = []
-        absent = set(self._ns.missing(list(dict.fromkeys(keys))) if self._ns is not None
-                     else keys)
+        keys: list[str | None] = []
+        for p in paths:
+            try:
+                keys.append(content_key(p))
+            except OSError as e:  # unreadable file: a failed row, not a crash
+                keys.append(None)
+                self.failures.append((str(p), f"cannot read file: {e.strerror or e}"))
+        known = [k for k in dict.fromkeys(keys) if k is not None]
+        absent = set(self._ns.missing(known) if self._ns is not None else known)
         todo = list(dict.fromkeys(str(p) for p, k in zip(paths, keys, strict=True)
                                   if k in absent))
         if not todo:
@@ -165,7 +171,9 @@ class Scorer:
             raise PipelineError(f"{len(todo)} image(s) are not in store {self.store_path} under "
                                 f"fingerprint {self.fingerprint[:12]}…: {shown}; drop "
                                 "--cached-only to extract them")
+        unreadable = self.failures
         self._extract(todo, progress, config_path, overrides)
+        self.failures = unreadable + self.failures
         bad = {p for p, _ in self.failures}
         return [None if str(p) in bad else k for p, k in zip(paths, keys, strict=True)]
 

@@ -225,6 +225,6 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
                     extract_config=config_to_dict(extract_cfg), train_config=describe(cfg),
                     metrics=metrics, extra={"split": split_info, "training": training})
     return {"checkpoint": str(out), "fingerprint": data.fingerprint,
-            "rows": len(rows), "extracted": data.extracted, "skipped": data.skipped,
-            **split_info["counts"], **training, "metrics": metrics,
+            "rows": len(rows), "extracted": data.extracted, **split_info["counts"],
+            **training, "skipped": data.skipped, "metrics": metrics,
             "peak_rss_mb": round(_peak_rss_mb(), 1)}

@@ -85,9 +85,11 @@ def test_uncached_images_are_extracted_then_scored(setup, tmp_path):
     with Scorer(setup["store"], setup["ckpt"], backbone=TinyBackbone()) as sc:
         with pytest.raises(PipelineError, match="drop --cached-only"):
             sc.score_paths(new, cached_only=True)
-        got = sc.score_paths([new[0], broken, new[1], new[2]])
-        assert np.isnan(got[1]) and np.all((got[[0, 2, 3]] > 0) & (got[[0, 2, 3]] < 1))
-        assert [p for p, _ in sc.failures] == [str(broken)]
+        gone = tmp_path / "gone.png"
+        got = sc.score_paths([new[0], broken, new[1], new[2], gone])
+        assert np.isnan(got[1]) and np.isnan(got[4])
+        assert np.all((got[[0, 2, 3]] > 0) & (got[[0, 2, 3]] < 1))
+        assert sorted(p for p, _ in sc.failures) == sorted([str(broken), str(gone)])
     with Scorer(setup["store"], setup["ckpt"]) as sc:  # now cached
         assert np.array_equal(sc.score_paths(new, cached_only=True), got[[0, 2, 3]])
 

@@ -80,7 +80,7 @@ def test_run_train_end_to_end(tmp_path):
     cfg = extract_cfg()
     summary = run_train(str(csv), str(store), cfg, small_train_cfg(), str(out),
                         progress=False, backbone=TinyBackbone())
-    assert summary["extracted"] == 48 and summary["rows"] == 48
+    assert summary["extracted"] == 48 and summary["rows"] == 48 and summary["skipped"] == []
     assert summary["train"] + summary["val"] + summary["test"] == 48
     ckpt = load_checkpoint(out)
     with FeatureStore(store, mode="r") as fs:
