@@ -128,3 +128,16 @@ def test_cli_train_cached_only_lists_missing(tmp_path):
     assert "img002.png" in res.output
     assert not (tmp_path / "c.st").exists()
     json.dumps(res.output)
+
+
+def test_shipped_configs_hold_the_defaults():
+    from pathlib import Path
+
+    from pipeline.config import build_config, config_to_dict
+    from pipeline.score import ScoreConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for cls, name in ((TrainConfig, "train.json"), (ScoreConfig, "score.json")):
+        shipped = json.loads((root / name).read_text())
+        assert shipped == config_to_dict(cls()), name
+        assert build_config(cls, root / name) == cls()
