@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
-from store.fileio import CORRUPT_ADVICE, reserve, sync, translated
+from store.fileio import CORRUPT_ADVICE, reserve, retry_torn, sync, translated
 from store.keys import key_to_bytes, keys_to_bytes
 from store.rows import CHUNK_ROWS, ChunkMap, read_rows_h5, row_checksums
 
@@ -63,8 +63,12 @@ class Namespace:
                 # Rows past the counter are a batch a crash interrupted: drop them.
                 for ds in (self._vec, self._keyds, self._sumds):
                     ds.resize(n, axis=0)
-            keys = self._keyds[:n].tobytes()
-            sums = self._sumds[:n]
+
+        def read_index() -> tuple[bytes, np.ndarray]:
+            with translated(store.path, f"opening namespace {fp[:12]} of"):
+                return self._keyds[:n].tobytes(), self._sumds[:n]
+
+        keys, sums = retry_torn(read_index, store.writable)
         self._g = g
         self._n = n
         # key digest -> row; built in one pass (about 0.3 s per million rows)
@@ -177,9 +181,12 @@ class Namespace:
             # through h5py (sorted unique rows, as it needs), which also checks fletcher32.
             redo = np.flatnonzero(~good)
             uniq, inverse = np.unique(rows[redo], return_inverse=True)
-            try:
+            def read_h5() -> np.ndarray:
                 with self._store._h5lock, translated(self._path, "reading"):
-                    fresh = read_rows_h5(self._vec, uniq)[inverse]
+                    return read_rows_h5(self._vec, uniq)[inverse]
+
+            try:
+                fresh = retry_torn(read_h5, self._store.writable)
             except StoreCorruptError as e:
                 raise StoreCorruptError(self._corrupt_msg(kbs[redo[0]], str(e))) from None
             sums = row_checksums([kbs[i] for i in redo], fresh)

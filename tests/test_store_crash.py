@@ -16,7 +16,8 @@ from store.keys import content_key, fingerprint
 SPEC = {"backbone": "fake", "crash": True}
 FP = fingerprint(SPEC)
 DIM = 64
-KEYS = [content_key(f"row-{i}".encode()) for i in range(60_000)]
+# Enough keys that a writer never runs out before it is killed (60 runs x ~15k rows at most).
+KEYS = [content_key(f"row-{i}".encode()) for i in range(1_000_000)]
 ROW_OF = {k: i for i, k in enumerate(KEYS)}
 
 
@@ -70,7 +71,9 @@ def test_kill_9_torture_never_loses_committed_rows(tmp_path):
     rng = random.Random(1234)
     committed = 0
     kills = 0
-    for _ in range(60):
+    for _ in range(200):  # until 50 writers died mid-run (a writer that ends on its own: retry)
+        if kills >= 50:
+            break
         sizes = [rng.choice([1, 3, 17, 40, 64, 100]) for _ in range(400)]
         pid = fork(writer, path, sizes)
         time.sleep(rng.uniform(0.0, 0.12))
