@@ -6,8 +6,9 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 
@@ -66,9 +67,11 @@ def build_config(cls: type[T], path: str | Path | None = None,
         try:
             data = json.loads(p.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist: pass an existing JSON file") from None
+            raise ConfigError(
+                f"config file {p} does not exist: pass an existing JSON file") from None
         except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid JSON ({e}): fix or remove it") from None
+            raise ConfigError(
+                f"config file {p} is not valid JSON ({e}): fix or remove it") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a JSON object")
         layers.append((str(p), data))

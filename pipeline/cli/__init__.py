@@ -9,12 +9,11 @@ place that imports click, prints for the user or exits; typed errors (`StoreErro
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
-from store.errors import StoreError
 from pipeline.errors import PipelineError
+from store.errors import StoreError
 
 # name -> "module:attribute"; the module is imported only when the command runs.
 COMMANDS: dict[str, str] = {
@@ -55,16 +54,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            # Declared but not built yet: say so instead of a traceback.
-            @click.command(name=name, help=HELP[name] + " (not available in this build)")
-            def unavailable() -> None:
-                raise click.ClickException(f"'ssimcache {name}' is not available in this build")
-            return unavailable
+        module = importlib.import_module(module_name)
         return getattr(module, attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -93,8 +83,3 @@ def cli() -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="ssimcache")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
-    sys.exit(0)
