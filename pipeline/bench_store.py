@@ -124,11 +124,13 @@ def run_store_bench(rows: int, dim: int, dtypes: list[str], workdir: Path | None
     try:
         for dtype in dtypes:
             path = folder / f"bench-{dtype}-{rows}x{dim}.h5"
-            for p in (path, Path(str(path) + ".lock")):
+            files = (path, Path(str(path) + ".lock"))
+            for p in files:
                 p.unlink(missing_ok=True)
             results.append(bench_one(path, rows, dim, dtype, progress))
             if not keep:
-                path.unlink(missing_ok=True)
+                for p in files:
+                    p.unlink(missing_ok=True)
     finally:
         if own and not keep:
             shutil.rmtree(folder, ignore_errors=True)
