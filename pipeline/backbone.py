@@ -72,6 +72,18 @@ class ResNetFeatureExtractor(nn.Module):
         return {"trainable": trainable, "frozen": total - trainable, "total": total}
 
 
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """An inference copy of `model` with every BatchNorm folded into the conv before it.
+
+    Uses torch.fx's conv-BN fusion (the graph is traced, so any model without data-dependent
+    control flow works; a model with no conv -> BN pair comes back unchanged in behaviour).
+    Only for eval mode: the folded weights bake in the running statistics.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(model.eval())
+
+
 def load_backbone(weights: Any = "imagenet", freeze: bool = True) -> ResNetFeatureExtractor:
     """Build the extractor for `weights` ('imagenet' | PATH | 'random:SEED', or a config
     with a `.weights` field), in eval mode. Raises WeightsError with directions."""

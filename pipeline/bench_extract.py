@@ -166,7 +166,7 @@ def _machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def run_bench(n_images: int = 200, repeats: int = 3, batch_size: int = 32, image_size: int = 224,
+def run_bench(n_images: int = 200, repeats: int = 3, batch_size: int = 8, image_size: int = 224,
               modes: list[str] | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the modes in this process on generated PNGs; returns the JSON-ready result."""

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,12 @@ def builds() -> int:
     return BUILDS["count"]
 
 
+def _from_state_dict(state_dict: dict[str, Any], cfg: Any) -> Any:
+    from pipeline.backbone import ResNetFeatureExtractor
+
+    return ResNetFeatureExtractor(state_dict).eval()
+
+
 def _extract_worker(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> Any:
     """The prepared ExtractWorker of this run in this process, built on first use."""
     from pipeline.compute import ExtractWorker
@@ -75,13 +82,14 @@ def _extract_worker(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> Any:
             import ray
 
             parcel = ray.get(parcel.ref)
-        model = parcel.module
-        if model is None and parcel.state_dict is not None:
-            from pipeline.backbone import ResNetFeatureExtractor
-
-            model = ResNetFeatureExtractor(parcel.state_dict).eval()
-        # model None: random:SEED, built by ExtractWorker.prepare from the config.
-        worker = ExtractWorker(cfg, backbone=model)
+        if parcel.module is not None:  # an injected module (tests): used as given
+            worker = ExtractWorker(cfg, backbone=parcel.module)
+        elif parcel.state_dict is not None:
+            # Built like a local run builds it (so the same BatchNorm fusion applies), but
+            # from the shipped state dict instead of the weights file or cache.
+            worker = ExtractWorker(cfg, builder=partial(_from_state_dict, parcel.state_dict))
+        else:  # random:SEED: built from the config alone
+            worker = ExtractWorker(cfg)
         worker.prepare()
         for old in _CACHE.values():
             old.close()

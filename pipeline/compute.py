@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbone import load_backbone
+from pipeline.backbone import fuse_conv_bn, load_backbone
 from pipeline.errors import ConfigError, ImageError
 from pipeline.images import decode_image, parse_background, resize_rgb
 from pipeline.spec import ExtractConfig
@@ -73,7 +73,12 @@ class ExtractWorker:
             raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available; "
                               "use --device cpu")
         torch.set_num_threads(cfg.n_threads())
-        model = self._backbone if self._backbone is not None else self._builder(cfg)
+        if self._backbone is not None:
+            model = self._backbone  # injected (tests, custom backbones): used as given
+        else:
+            model = self._builder(cfg)
+            if cfg.fuse_bn:
+                model = fuse_conv_bn(model)
         model = model.eval().to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)

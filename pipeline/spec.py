@@ -35,10 +35,15 @@ class ExtractConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # (fp)
     std: tuple[float, ...] = IMAGENET_STD    # (fp)
     channels_last: bool = True           # (fp) may change the last bits of a vector
+    # (fp) fold each BatchNorm into the conv before it for inference: fp32 throughput 1.4-1.7x
+    # here (bench extract); changes the last bits (max abs diff ~1e-4 on vectors of ~200).
+    fuse_bn: bool = True
     compile: bool = False                # (fp) torch.compile (inductor) the backbone
     device: str = "cpu"                  # (fp, type only) cpu | cuda | cuda:N
     dtype: Literal["float32", "float16"] = "float32"  # (fp) store dtype of the vectors
-    batch_size: int = 32                 # images per forward pass and per committed store batch
+    # Images per forward pass and per committed store batch. 8, not 32: on 2 cores ResNet-50
+    # runs ~1.5x faster at batch 8 than at 32 (activations of a big batch spill the caches).
+    batch_size: int = 8
     workers: int = 0                     # decode threads; 0 = number of cores
     threads: int = 0                     # torch intra-op threads; 0 = number of cores
     max_pixels: int = 64_000_000         # larger images fail (decompression-bomb guard)
@@ -104,6 +109,7 @@ def feature_spec(cfg: ExtractConfig) -> dict[str, Any]:
         "weights": weights_identity(cfg.weights),
         "precision": cfg.precision,
         "channels_last": cfg.channels_last,
+        "fuse_bn": cfg.fuse_bn,
         "compile": cfg.compile,
         "device": cfg.device.split(":")[0],
         "dtype": cfg.dtype,

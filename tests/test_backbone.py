@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from pipeline.backbone import FEATURE_DIM, ResNetFeatureExtractor, load_backbone
+from pipeline.backbone import FEATURE_DIM, ResNetFeatureExtractor, fuse_conv_bn, load_backbone
 from pipeline.errors import WeightsError
 from pipeline.weights import (
     PROBE_TIMEOUT_S,
@@ -123,3 +123,29 @@ def test_imagenet_offline_fails_fast_naming_the_cache_path(tmp_path: Path,
     assert str(cache) in msg and "--weights PATH" in msg and "random:SEED" in msg
     assert weights_identity("imagenet") == {"kind": "torchvision",
                                             "name": "ResNet50_Weights.IMAGENET1K_V2"}
+
+
+def test_fused_backbone_has_no_batchnorm_and_matches_the_plain_one(model) -> None:
+    fused = fuse_conv_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = model(x), fused(x)
+    assert b.shape == (3, FEATURE_DIM)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    assert cos.min().item() > 0.99999
+    assert (a - b).abs().max().item() <= 1e-3 * a.abs().max().item()
+
+
+def test_extract_worker_fuses_only_what_it_builds() -> None:
+    from pipeline.compute import ExtractWorker
+    from pipeline.spec import ExtractConfig
+
+    cfg = ExtractConfig(weights="random:0", image_size=32)
+    built = ExtractWorker(cfg)
+    built.prepare()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in built._backbone.modules())
+    plain = ExtractWorker(ExtractConfig(weights="random:0", image_size=32, fuse_bn=False))
+    plain.prepare()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain._backbone.modules())

@@ -113,6 +113,7 @@ def test_speed_options_keep_the_fingerprint() -> None:
         assert fingerprint(feature_spec(_cfg(**change))) == base, change
     for change in [{"antialias": False}, {"resize": "shorter+crop"}, {"background": "black"},
                    {"mean": (0.5, 0.5, 0.5)}, {"channels_last": False}, {"compile": True},
+                   {"fuse_bn": False},
                    {"dtype": "float16"}]:
         assert fingerprint(feature_spec(_cfg(**change))) != base, change
 

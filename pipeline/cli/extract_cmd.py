@@ -68,12 +68,14 @@ def _write_report(path: Path, failures: list[tuple[str, str]]) -> None:
               help="Colour composited under transparent pixels ('white', '#rrggbb').")
 @click.option("--channels-last/--no-channels-last", default=None, show_default="channels-last",
               help="NHWC memory format for the convolutions.")
+@click.option("--fuse-bn/--no-fuse-bn", default=None, show_default="fuse-bn",
+              help="Fold BatchNorm into the convolutions for inference (faster; last bits).")
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="no-compile",
               help="torch.compile the backbone (slow first batch).")
 @click.option("--device", show_default="cpu", help="cpu | cuda | cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), show_default="float32",
               help="Store dtype of the vectors.")
-@click.option("--batch-size", type=click.IntRange(1), show_default="32",
+@click.option("--batch-size", type=click.IntRange(1), show_default="8",
               help="Images per forward pass and per committed store batch.")
 @click.option("--workers", type=click.IntRange(0), show_default="0 = number of cores",
               help="Decode/hash threads.")
@@ -142,7 +144,8 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
               help="Generated 256x256 PNGs.")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Timed runs per mode (median reported).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Forward batch of modes b-d (extract's default).")
 @click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
 @click.option("--modes", default="a,b,c,d", show_default=True,
               help="Subset of a (naive seed loop), b (defaults), c (bf16), d (bf16+compile).")
