@@ -26,7 +26,7 @@ def _vectors(store: Path, report: Any, paths: list[Path]) -> np.ndarray:
 
 
 def run_bench(n_images: int = 200, repeats: int = 3, workers: int = 2, image_size: int = 224,
-              batch_size: int = 32, log: Callable[[str], None] = print) -> dict[str, Any]:
+              batch_size: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time `extract` (this process, all cores) and `extract_on_cluster(backend="dask")` on a
     LocalCluster of `workers` single-threaded processes, interleaved, each into a fresh store.
 

@@ -18,7 +18,7 @@ import click
               help="Local Dask worker processes (one thread each).")
 @click.option("--image-size", type=click.IntRange(16), default=224, show_default=True,
               help="Model input side in pixels.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Images per forward pass, hence per shard sent to a worker.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("bench-results/cluster.json"), show_default=True,
