@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -12,17 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.atomic import atomic_path
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
 
 TOLERANCE = 1e-5
-
-
-def _atomic_target(out: Path) -> str:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    return tmp
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -62,8 +54,8 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
     model.eval()
     with torch.no_grad():
         expected = model(check).numpy()
-    tmp = _atomic_target(out)
-    try:
+    with atomic_path(out) as tmp_path:  # replaces `out` only if the parity check passes
+        tmp = str(tmp_path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # legacy-exporter / jit deprecation notices
             if fmt == "onnx":
@@ -71,7 +63,7 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
                 torch.onnx.export(model, (example,), tmp, dynamo=False, input_names=["input"],
                                   output_names=["ssim"], opset_version=17,
                                   dynamic_axes={"input": {0: "batch"}, "ssim": {0: "batch"}})
-                got = _run_onnx(Path(tmp), check.numpy())
+                got = _run_onnx(tmp_path, check.numpy())
             else:
                 with torch.no_grad():
                     traced = torch.jit.trace(model, example)
@@ -82,9 +74,5 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
         if not diff <= tolerance:
             raise PipelineError(f"{fmt} export of {checkpoint} differs from eager by {diff:.2e} "
                                 f"(> {tolerance:.0e}); not written to {out}")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return {"path": str(out), "format": fmt, "full": full,
             "input_shape": ["batch", *check.shape[1:]], "max_abs_diff": diff}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -55,20 +54,3 @@ def append_labels(
             writer.writerow((relative_to_csv(path, csv_path), f"{value:.6f}", family))
             n += 1
     return n
-
-
-def write_report(report_path: str | os.PathLike, failures: Iterable[tuple[Path, str]]) -> None:
-    """Write the failure report `path,reason` atomically (temp file + os.replace)."""
-    report_path = Path(report_path)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=report_path.parent, prefix=report_path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(("path", "reason"))
-            for path, reason in failures:
-                writer.writerow((str(path), reason))
-        os.replace(tmp, report_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

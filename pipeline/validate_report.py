@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.report import atomic_write_text
+from pipeline.atomic import atomic_write_text
 
 SCHEMA_PATH = Path(__file__).with_name("validate_schema.json")
 

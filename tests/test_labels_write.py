@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from pipeline.atomic import write_failure_report as write_report
 from pipeline.labels_csv import read_labels
-from pipeline.labels_write import append_labels, existing_paths, write_report
+from pipeline.labels_write import append_labels, existing_paths
 
 
 def test_append_labels_header_once_relative_paths(tmp_path):

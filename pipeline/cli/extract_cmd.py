@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,23 +21,6 @@ def _check_weights(ctx: click.Context, param: click.Parameter, value: str | None
     if not Path(value).is_file():
         raise click.BadParameter(f"{value!r} is neither 'imagenet', 'random:SEED' nor a file")
     return value
-
-
-def _write_report(path: Path, failures: list[tuple[str, str]]) -> None:
-    """Failure report CSV `path,reason`, written atomically (temp file + os.replace)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "reason"])
-    w.writerows(failures)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @click.command("extract")
@@ -105,6 +85,7 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     """
     from PIL import Image
 
+    from pipeline.atomic import write_failure_report
     from pipeline.config import build_config
     from pipeline.extract import ExtractConfig
     from pipeline.extract import extract as run_extract
@@ -124,7 +105,7 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
         report = extract_on_cluster(paths, store_path, cfg, backend=backend,
                                     scheduler=scheduler, progress=not no_progress)
     if report_path is not None:
-        _write_report(report_path, report.failures)
+        write_failure_report(report_path, report.failures)
     elif report.failures:
         for _path, reason in report.failures[:10]:
             click.echo(f"failed: {reason}", err=True)

@@ -32,9 +32,10 @@ def label(images: tuple[str, ...], out: Path, family: str, workers: int, report:
     """
     from tqdm import tqdm
 
+    from pipeline.atomic import write_failure_report
     from pipeline.images import expand_inputs
     from pipeline.labels import label_images
-    from pipeline.labels_write import append_labels, existing_paths, relative_to_csv, write_report
+    from pipeline.labels_write import append_labels, existing_paths, relative_to_csv
 
     paths = expand_inputs(images)
     done = existing_paths(out)
@@ -43,7 +44,7 @@ def label(images: tuple[str, ...], out: Path, family: str, workers: int, report:
         result = label_images(todo, workers=min(workers, max(1, len(todo))), on_done=bar.update)
     written = append_labels(out, result.labels, family)
     if report is not None:
-        write_report(report, result.failures)
+        write_failure_report(report, result.failures)
 
     values = [v for _, v in result.labels]
     summary = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -29,16 +28,11 @@ def _spec_summary(spec: dict, width: int = 60) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder + os.replace (no half-written outputs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write through `write(binary file)` to a temp file, then replace `path`."""
+    from pipeline.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _resolve(prefix: str, fps: list[str], option: str) -> str:
