@@ -76,6 +76,13 @@ def _cfg(**kw) -> ExtractConfig:
     return ExtractConfig(**{**base, **kw})
 
 
+def _local(cfg: ExtractConfig) -> ExtractConfig:
+    """The local reference for a built ResNet-50: 2 torch threads, like a default run on 2
+    cores. Workers run 1 thread but route 1x1 convs to oneDNN, as torch does for >1 thread,
+    so they give these bits; a local 1-thread run takes torch's native path (~1e-4 apart)."""
+    return dataclasses.replace(cfg, threads=2)
+
+
 def _rows(store: Path, fp: str) -> dict[str, np.ndarray]:
     with FeatureStore(store, mode="r") as fs:
         ns = fs.namespace(fp)
@@ -105,7 +112,7 @@ def test_shards_cover_work_once_in_local_batch_order() -> None:
 def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster) -> None:
     c, client = cluster
     cfg = _cfg()  # real ResNet-50, random:0: nothing shipped, each worker builds the same init
-    local = extract(images, tmp_path / "local.h5", cfg, progress=False)
+    local = extract(images, tmp_path / "local.h5", _local(cfg), progress=False)
     before = client.run(builds)
     rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
                              scheduler=c.scheduler_address, progress=False)
@@ -184,7 +191,7 @@ def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) 
     weights = tmp_path / "resnet.pt"
     torch.save(load_backbone("random:3").net.state_dict(), weights)
     cfg = _cfg(weights=str(weights))
-    local = extract(images, tmp_path / "local.h5", cfg, progress=False)
+    local = extract(images, tmp_path / "local.h5", _local(cfg), progress=False)
     # On the workers the weights file is off-limits: they must build from the shipped dict.
     client.run(_swap, "pipeline.weights", ("file_state_dict", "file_sha256"), _no_file)
     client.run(_swap, "pipeline.backbone", ("file_state_dict",), _no_file)
@@ -263,3 +270,24 @@ def test_unknown_backend(tmp_path, images) -> None:
     with pytest.raises(ClusterError, match="unknown backend"):
         extract_on_cluster(images, tmp_path / "u.h5", dataclasses.replace(_cfg()),
                            backend="spark", progress=False)
+
+
+def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
+    from pipeline.cluster_worker import one_thread_convs, reuse_freed_memory
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1, stride=2), nn.Conv2d(8, 4, 3))
+    x = torch.rand(2, 3, 12, 12)
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        want = net(x)
+        assert one_thread_convs(net, _cfg(precision="bf16")) == 0  # autocast: torch's choice
+        assert one_thread_convs(net, _cfg()) == 1  # only the 1x1 stride-1 conv
+        try:
+            torch.set_num_threads(1)
+            got = net(x)
+        finally:
+            torch.set_num_threads(threads)
+    assert float((got - want).abs().max()) <= 1e-5
+    if os.uname().sysname == "Linux" and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert reuse_freed_memory()
