@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline.cluster_worker import BackboneParcel, RayParcelRef, ShardResult, run_shard
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractReport, extract, hash_inputs
+from pipeline.extract import ExtractReport, build_report, extract, plan_work
 from pipeline.spec import ExtractConfig, feature_spec
 from store.errors import StoreError
 from store.hdf5 import FeatureStore
@@ -168,15 +168,9 @@ def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureS
     fs = FeatureStore(store, mode="a") if own else store
     try:
         t_start = time.perf_counter()
-        path_keys, hash_fail = hash_inputs(paths, cfg.n_workers())
         ns = fs.namespace(fp) if fs.has_namespace(fp) else None
-        unique = list(dict.fromkeys(path_keys.values()))
-        missing = set(ns.missing(unique)) if ns is not None else set(unique)
-        todo: dict[str, str] = {}  # key -> first path with that content: one row per key
-        for p, k in path_keys.items():
-            if k in missing and k not in todo:
-                todo[k] = p
-        cached = len(path_keys) - sum(1 for k in path_keys.values() if k in missing)
+        plan = plan_work(paths, ns, cfg.n_workers())
+        todo = plan.todo
         sink = _Sink(fs, ns, fp, spec, cfg.dtype, {p: k for k, p in todo.items()})
         if todo:
             tasks = shard([(p, k) for k, p in todo.items()], cfg.batch_size, shard_size)
@@ -188,20 +182,7 @@ def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureS
     finally:
         if own:
             fs.close()
-    failures = sorted(hash_fail.items())
-    keys: dict[str, str] = {}
-    failed_keys = sink.failed_keys
-    for p, k in path_keys.items():
-        if k in failed_keys:  # same bytes as a failed file: same failure
-            failures.append((p, failed_keys[k] if todo.get(k) == p
-                             else f"{p}: same bytes as {todo[k]}: {failed_keys[k]}"))
-        else:
-            keys[p] = k
-    computed = len(todo) - len(failed_keys)
-    return ExtractReport(seen=len(paths), cached=cached, computed=computed, failed=len(failures),
-                         images_per_s=computed / elapsed if computed else 0.0, fingerprint=fp,
-                         failures=failures, keys=keys, duplicates=len(keys) - cached - computed,
-                         timings={"total_s": elapsed})
+    return build_report(len(paths), plan, sink.failed_keys, elapsed, fp, {})
 
 
 class _Sink:

@@ -19,8 +19,8 @@ from pipeline.spec import ExtractConfig, feature_spec
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
 
-__all__ = ["ExtractConfig", "ExtractReport", "ExtractWorker", "BatchResult", "Runner",
-           "compute_batch", "extract", "feature_spec", "hash_inputs"]
+__all__ = ["ExtractConfig", "ExtractReport", "ExtractWorker", "BatchResult", "Runner", "WorkPlan",
+           "build_report", "compute_batch", "extract", "feature_spec", "hash_inputs", "plan_work"]
 
 
 @dataclass
@@ -144,6 +144,49 @@ class Runner:
         return failures, t
 
 
+@dataclass
+class WorkPlan:
+    """What a run must compute: every input hashed, and one path per key the namespace lacks."""
+
+    path_keys: dict[str, str]   # path -> content key, for every readable input
+    hash_fail: dict[str, str]   # path -> reason, for unreadable inputs
+    todo: dict[str, str]        # missing key -> first path with that content (one row per key)
+    cached: int                 # inputs whose key is already in the namespace
+
+
+def plan_work(paths: Sequence[Path], ns: Any, workers: int, bar: Any = None) -> WorkPlan:
+    """Hash `paths` and decide what is missing from namespace `ns` (None: nothing cached)."""
+    path_keys, hash_fail = hash_inputs(paths, workers, bar)
+    unique = list(dict.fromkeys(path_keys.values()))
+    missing = set(ns.missing(unique)) if ns is not None else set(unique)
+    todo: dict[str, str] = {}
+    for p, k in path_keys.items():
+        if k in missing and k not in todo:
+            todo[k] = p
+    cached = sum(1 for k in path_keys.values() if k not in missing)
+    return WorkPlan(path_keys, hash_fail, todo, cached)
+
+
+def build_report(n_paths: int, plan: WorkPlan, failed_keys: dict[str, str], elapsed: float,
+                 fp: str, timings: dict[str, float]) -> ExtractReport:
+    """The ExtractReport of a run, from its plan and the keys whose compute failed."""
+    failures = sorted(plan.hash_fail.items())
+    keys: dict[str, str] = {}
+    for p, k in plan.path_keys.items():
+        if k in failed_keys:  # same bytes as a failed file: same failure
+            first = plan.todo[k]
+            failures.append((p, failed_keys[k] if first == p
+                             else f"same bytes as {first}: {failed_keys[k]}"))
+        else:
+            keys[p] = k
+    computed = len(plan.todo) - len(failed_keys)
+    return ExtractReport(seen=n_paths, cached=plan.cached, computed=computed,
+                         failed=len(failures), images_per_s=computed / elapsed if computed else 0.0,
+                         fingerprint=fp, failures=failures, keys=keys,
+                         duplicates=len(keys) - plan.cached - computed,
+                         timings={**timings, "total_s": elapsed})
+
+
 def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: ExtractConfig,
             backbone: nn.Module | None = None, progress: bool = True,
             worker: ExtractWorker | None = None) -> ExtractReport:
@@ -165,18 +208,11 @@ def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: 
         if paths:
             worker.prepare()  # fail fast on weights before hashing a large folder
         t_start = time.perf_counter()
+        ns = fs.namespace(fp) if fs.has_namespace(fp) else None
         with tqdm(total=len(paths), unit="file", desc="hash", disable=not progress,
                   dynamic_ncols=True, leave=False) as bar:
-            path_keys, hash_fail = hash_inputs(paths, cfg.n_workers(), bar)
+            plan = plan_work(paths, ns, cfg.n_workers(), bar)
         t_hash = time.perf_counter() - t_start
-        ns = fs.namespace(fp) if fs.has_namespace(fp) else None
-        unique = list(dict.fromkeys(path_keys.values()))
-        missing = set(ns.missing(unique)) if ns is not None else set(unique)
-        todo: dict[str, str] = {}  # key -> first path with that content
-        for p, k in path_keys.items():
-            if k in missing and k not in todo:
-                todo[k] = p
-        cached = sum(1 for k in path_keys.values() if k not in missing)
 
         def write(keys: list[str], vectors: np.ndarray) -> None:
             nonlocal ns
@@ -186,7 +222,7 @@ def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: 
 
         runner = Runner(worker.load, worker.forward, write, batch_size=cfg.batch_size,
                         workers=cfg.n_workers(), prefetch=cfg.prefetch)
-        items = [(p, k) for k, p in todo.items()]
+        items = [(p, k) for k, p in plan.todo.items()]
         with tqdm(total=len(items), unit="img", desc="extract", disable=not progress,
                   dynamic_ncols=True) as bar:
             failed_items, timings = runner.run(items, bar)
@@ -194,19 +230,5 @@ def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: 
     finally:
         if own:
             fs.close()
-    failed_keys = {path_keys[p]: reason for p, reason in failed_items}
-    failures = sorted(hash_fail.items())
-    keys: dict[str, str] = {}
-    for p, k in path_keys.items():
-        if k in failed_keys:  # same bytes as a failed file: same failure
-            failures.append((p, failed_keys[k] if todo.get(k) == p
-                             else f"same bytes as {todo[k]}: {failed_keys[k]}"))
-        else:
-            keys[p] = k
-    computed = len(todo) - len(failed_keys)
-    duplicates = len(keys) - cached - computed
-    timings = {"hash_s": t_hash, **timings, "total_s": elapsed}
-    return ExtractReport(seen=len(paths), cached=cached, computed=computed,
-                         failed=len(failures), images_per_s=computed / elapsed if computed else 0.0,
-                         fingerprint=fp, failures=failures, keys=keys, duplicates=duplicates,
-                         timings=timings)
+    failed_keys = {plan.path_keys[p]: reason for p, reason in failed_items}
+    return build_report(len(paths), plan, failed_keys, elapsed, fp, {"hash_s": t_hash, **timings})

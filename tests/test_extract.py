@@ -88,6 +88,18 @@ def test_identical_bytes_are_one_row(tmp_path: Path) -> None:
         assert len(fs.namespace(r.fingerprint)) == 1
 
 
+def test_a_copy_of_a_broken_file_fails_too_and_names_the_original(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    _images(d, 1)
+    (d / "a_text.png").write_bytes(b"hello, not an image")
+    shutil.copy(d / "a_text.png", d / "b_copy.png")
+    r, fake = _run([d], tmp_path / "f.h5")
+    reasons = dict(r.failures)
+    assert (r.computed, r.failed) == (1, 2) and fake.rows == 1
+    assert reasons[str(d / "b_copy.png")].startswith(f"same bytes as {d / 'a_text.png'}: ")
+    assert str(d / "a_text.png") not in reasons[str(d / "a_text.png")]  # no path echo
+
+
 @pytest.mark.parametrize("change", [{"image_size": 24}, {"weights": "random:1"},
                                     {"precision": "bf16"}, {"interpolation": "bicubic"}])
 def test_changed_spec_is_a_new_namespace_and_old_one_untouched(tmp_path: Path,
