@@ -68,8 +68,13 @@ def open_h5(path: str, mode: str) -> h5py.File:
             raise StoreFullError(f"opening {path} failed: no space left ({e})") from None
         if mode == "r+" and isinstance(e, PermissionError):
             raise StoreError(f"{path} is not writable: {e.strerror}") from None
-        what = "not an HDF5 file" if not h5py.is_hdf5(path) else "damaged or truncated"
-        raise StoreCorruptError(f"{path} is {what} ({size} bytes; {e}): {CORRUPT_ADVICE}") from None
+        if not h5py.is_hdf5(path):
+            raise StoreCorruptError(
+                f"{path} is not an HDF5 file ({size} bytes; {e}): check the path (a feature "
+                "store is the .h5 file `ssimcache extract --store` writes); if it was a store, "
+                f"it is damaged: {CORRUPT_ADVICE}") from None
+        raise StoreCorruptError(
+            f"{path} is damaged or truncated ({size} bytes; {e}): {CORRUPT_ADVICE}") from None
 
 
 def create_h5(path: str) -> h5py.File:
