@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -26,14 +25,12 @@ import click
 def bench_cluster(images: int, repeats: int, workers: int, image_size: int, batch_size: int,
                   out: Path) -> None:
     """Extract throughput here vs on a local Dask cluster (random:0 weights, fp32)."""
+    from pipeline.atomic import atomic_write_text
     from pipeline.bench_cluster import format_table, run_bench
 
     result = run_bench(n_images=images, repeats=repeats, workers=workers,
                        image_size=image_size, batch_size=batch_size,
                        log=lambda s: click.echo(s, err=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2))
     click.echo(format_table(result))
     click.echo(f"wrote {out}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -135,6 +134,7 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 def bench_extract(images: int, repeats: int, batch_size: int, image_size: int, modes: str,
                   out: Path) -> None:
     """Extract throughput: naive seed loop vs defaults vs bf16 vs bf16+compile (random:0)."""
+    from pipeline.atomic import atomic_write_text
     from pipeline.bench_extract import format_table, run_bench
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
@@ -144,9 +144,6 @@ def bench_extract(images: int, repeats: int, batch_size: int, image_size: int, m
     result = run_bench(n_images=images, repeats=repeats, batch_size=batch_size,
                        image_size=image_size, modes=wanted,
                        log=lambda s: click.echo(s, err=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=2))
     click.echo(format_table(result))
     click.echo(f"wrote {out}")
