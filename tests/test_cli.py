@@ -63,3 +63,21 @@ def test_other_exceptions_are_bugs_and_keep_their_traceback(monkeypatch):
 def test_usage_errors_exit_2():
     assert CliRunner().invoke(cli, ["no-such-command"]).exit_code == 2
     assert CliRunner().invoke(cli, ["store", "info"]).exit_code == 2  # missing STORE argument
+
+
+def test_bench_all_runs_every_benchmark_with_its_defaults(monkeypatch):
+    from pipeline.cli import bench_cmd
+
+    calls = []
+
+    @click.command()
+    @click.option("--n", default=7)
+    def fake(n: int) -> None:
+        calls.append(n)
+
+    monkeypatch.setattr(bench_cmd, "BENCHES", {"one": "x:y", "two": "x:y"})
+    monkeypatch.setattr(bench_cmd._BenchGroup, "get_command",
+                        lambda self, ctx, name: bench_cmd.bench_all if name == "all" else fake)
+    result = CliRunner().invoke(cli, ["bench", "all"])
+    assert result.exit_code == 0, result.output
+    assert calls == [7, 7] and "== bench one ==" in result.output

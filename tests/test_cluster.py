@@ -291,3 +291,17 @@ def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
     assert float((got - want).abs().max()) <= 1e-5
     if os.uname().sysname == "Linux" and os.confstr("CS_GNU_LIBC_VERSION"):
         assert reuse_freed_memory()
+
+
+def test_bench_cluster_runs_small_and_compares_with_local() -> None:
+    pytest.importorskip("dask.distributed")
+    from pipeline.bench_cluster import format_table, run_bench
+
+    result = run_bench(n_images=4, repeats=1, workers=2, image_size=32, batch_size=2,
+                       log=lambda s: None)
+    assert result["local"]["images_per_s"] > 0 and result["dask"]["images_per_s"] > 0
+    assert result["overhead_ratio"] == pytest.approx(
+        result["local"]["images_per_s"] / result["dask"]["images_per_s"])
+    assert result["dask"]["torch_threads_per_worker"] == [1]
+    assert result["max_abs_diff_vs_local"] <= 1e-5  # workers match the local run's bits
+    assert "overhead" in format_table(result)

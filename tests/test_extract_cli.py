@@ -138,3 +138,20 @@ def test_default_config_is_found_from_any_cwd(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(cli, ["extract", "--help"])
     assert res.exit_code == 0 and "configs/extract.json" in res.output
+
+
+def test_bench_extract_runs_small_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", "extract", "--images", "3", "--repeats", "1",
+                                      "--modes", "a,b,c", "--image-size", "32", "--batch-size",
+                                      "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    modes = {m["mode"]: m for m in data["modes"]}
+    assert set(modes) == {"a", "b", "c"} and data["images"] == 3
+    assert modes["a"]["ratio_to_a"] == 1.0
+    for m in modes.values():
+        assert m["images_per_s"] > 0 and m["model_only_images_per_s"] > 0
+        assert m["ratio_to_a"] == pytest.approx(m["images_per_s"] / modes["a"]["images_per_s"])
+    assert 0.99 < modes["c"]["cos_min"] <= 1.0 + 1e-6  # bf16 vs fp32 vectors
+    assert "img/s" in result.output
