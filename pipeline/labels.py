@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, PipelineError
 
 # Written into reports (and checkpoints, by stage two) so a label is never reused under a
 # different definition without it showing.
@@ -25,6 +26,10 @@ LABEL_DEFINITION: dict[str, object] = {
     "K1 0.01, K2 0.03, data_range 255, use_sample_covariance False",
 }
 
+# Imported by the label itself; checked before a run so a missing extra is one clear error,
+# not every image turned into a report row.
+LABEL_MODULES = ("vtracer", "resvg_py", "skimage.metrics")
+
 # SSIM's 11x11 window needs at least 7 pixels a side in skimage; smaller images cannot be labelled.
 MIN_SIDE = 7
 
@@ -35,6 +40,21 @@ class LabelResult:
 
     labels: list[tuple[Path, float]] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def require_label_modules() -> None:
+    """Raise PipelineError naming the missing packages if the `labels` extra is not installed."""
+    missing = []
+    for name in LABEL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            missing.append(f"{name} ({e})")
+    if missing:
+        raise PipelineError(
+            f"labelling needs {', '.join(missing)}; install the labels extra: "
+            "pip install 'ssimcache[labels]'"
+        )
 
 
 def flatten_on_white(image: Image.Image) -> Image.Image:
@@ -61,6 +81,9 @@ def decode_image(source: str | os.PathLike | bytes) -> Image.Image:
             rgb = flatten_on_white(ImageOps.exif_transpose(img))
     except FileNotFoundError as e:
         raise ImageError(f"{name}: file not found; check the path") from e
+    except Image.UnidentifiedImageError as e:  # Pillow's message repeats the path
+        raise ImageError(f"{name}: cannot decode image (format not recognised); remove or "
+                         "re-export the file") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name}: cannot decode image ({e}); remove or re-export the file") from e
     if min(rgb.size) < MIN_SIDE:
@@ -111,30 +134,36 @@ def label_image(source: str | os.PathLike | bytes) -> float:
     except ImageError:
         raise
     except Exception as e:  # vtracer/resvg raise their own (untyped) errors
-        raise ImageError(f"{source}: vectorize/render failed ({e})") from e
+        name = "<bytes>" if isinstance(source, bytes) else str(source)
+        raise ImageError(f"{name}: vectorize/render failed ({e})") from e
     return ssim_luma(rgb, rendered)
 
 
 def _label_or_reason(path: Path) -> tuple[float | None, str]:
-    """Worker body: never raises for a bad image, so one file cannot stop the pool."""
+    """Worker body: never raises for a bad image, so one file cannot stop the pool.
+
+    The reason leaves out the path: report rows and CLI lines already carry it.
+    """
     try:
         return label_image(path), ""
     except ImageError as e:
-        return None, str(e)
+        reason = str(e)
+        prefix = f"{path}: "
+        return None, reason[len(prefix):] if reason.startswith(prefix) else reason
     except Exception as e:  # noqa: BLE001 - any per-image failure becomes a report row
-        return None, f"{path}: unexpected {type(e).__name__}: {e}"
+        return None, f"unexpected {type(e).__name__}: {e}"
 
 
-def label_images(
-    paths: Sequence[Path],
-    workers: int = 1,
-    on_done: Callable[[int], None] | None = None,
-) -> LabelResult:
-    """Label many images, in input order, across `workers` processes (1 = in this process).
+def iter_labels(
+    paths: Sequence[Path], workers: int = 1
+) -> Iterator[tuple[Path, float | None, str]]:
+    """Yield (path, label or None, failure reason) in input order, each as soon as it and the
+    ones before it are done, across `workers` processes (1 = in this process).
 
-    `on_done(n)` is called as results arrive (the CLI advances its progress bar with it).
+    Raises PipelineError before any work if the `labels` extra is missing. Closing the
+    generator early (an interrupted caller) cancels the pending images.
     """
-    result = LabelResult()
+    require_label_modules()
     outcomes: Iterable[tuple[float | None, str]]
     if workers <= 1 or len(paths) <= 1:
         outcomes = map(_label_or_reason, paths)
@@ -145,13 +174,27 @@ def label_images(
         outcomes = pool.map(_label_or_reason, paths, chunksize=2)
     try:
         for path, (value, reason) in zip(paths, outcomes, strict=True):
-            if value is None:
-                result.failures.append((path, reason))
-            else:
-                result.labels.append((path, value))
-            if on_done is not None:
-                on_done(1)
+            yield path, value, reason
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+def label_images(
+    paths: Sequence[Path],
+    workers: int = 1,
+    on_done: Callable[[int], None] | None = None,
+) -> LabelResult:
+    """Label many images, in input order, across `workers` processes (1 = in this process).
+
+    `on_done(n)` is called as results arrive (progress bars advance with it).
+    """
+    result = LabelResult()
+    for path, value, reason in iter_labels(paths, workers):
+        if value is None:
+            result.failures.append((path, reason))
+        else:
+            result.labels.append((path, value))
+        if on_done is not None:
+            on_done(1)
     return result

@@ -6,11 +6,16 @@ Reading is `pipeline.labels_csv.read_labels`; this module only appends and repor
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline.errors import LabelsError
+
 HEADER = ("path", "ssim", "family")
+# A CSV saved by a spreadsheet may start with a byte-order mark; "utf-8-sig" drops it on read.
+READ_ENCODING = "utf-8-sig"
 
 
 def relative_to_csv(path: str | os.PathLike, csv_path: str | os.PathLike) -> str:
@@ -19,38 +24,94 @@ def relative_to_csv(path: str | os.PathLike, csv_path: str | os.PathLike) -> str
     return Path(os.path.relpath(Path(path).resolve(), base)).as_posix()
 
 
+def _header(csv_path: Path) -> list[str] | None:
+    """The column names of an existing labels CSV, or None if it is absent or empty."""
+    if not csv_path.is_file() or csv_path.stat().st_size == 0:
+        return None
+    with open(csv_path, newline="", encoding=READ_ENCODING) as f:
+        header = next(csv.reader(f), None)
+    names = [h.strip() for h in header or []]
+    if "path" not in names or "ssim" not in names:
+        raise LabelsError(f"{csv_path}:1: header {names} lacks 'path' or 'ssim'; expected "
+                          f"'{','.join(HEADER)}' (choose another --out or fix the header)")
+    return names
+
+
 def existing_paths(csv_path: str | os.PathLike) -> set[str]:
     """The (relative) paths already in a labels CSV, so a rerun appends only new images."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file() or csv_path.stat().st_size == 0:
+    names = _header(csv_path)
+    if names is None:
         return set()
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    col = names.index("path")
+    with open(csv_path, newline="", encoding=READ_ENCODING) as f:
         reader = csv.reader(f)
         next(reader, None)  # header
-        return {rec[0].strip() for rec in reader if rec}
+        return {rec[col].strip() for rec in reader if len(rec) > col}
+
+
+class LabelWriter:
+    """Appends label rows one at a time, in the existing file's column order.
+
+    Each row is one os.write of a whole line on an O_APPEND descriptor (no user-space buffer):
+    a run killed at any point leaves only complete rows on disk, so a rerun resumes after them.
+    """
+
+    def __init__(self, csv_path: str | os.PathLike, family: str) -> None:
+        self.csv_path = Path(csv_path)
+        self.family = family
+        self.written = 0
+        self._fd: int | None = None
+        self._columns: list[str] = list(HEADER)
+
+    def __enter__(self) -> LabelWriter:
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        columns = _header(self.csv_path)
+        needs_newline = False
+        if columns is not None:
+            with open(self.csv_path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                needs_newline = f.read(1) not in (b"\n", b"\r")
+        self._fd = os.open(self.csv_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        if columns is None:
+            self._write(_line(HEADER))
+        else:
+            self._columns = columns
+            if needs_newline:
+                self._write("\n")  # a hand-edited file without a final newline must not merge
+        return self
+
+    def write(self, path: str | os.PathLike, value: float) -> None:
+        """Append one `path,ssim,family` row, on disk (OS cache) when this returns."""
+        # 6 decimals: far below any SSIM difference anyone acts on; keeps the CSV small.
+        fields = {"path": relative_to_csv(path, self.csv_path), "ssim": f"{value:.6f}",
+                  "family": self.family}
+        self._write(_line([fields.get(c, "") for c in self._columns]))
+        self.written += 1
+
+    def _write(self, text: str) -> None:
+        assert self._fd is not None, "LabelWriter used outside its `with` block"
+        data = text.encode("utf-8")
+        while data:  # a regular file takes a short line whole; loop only on a short write
+            data = data[os.write(self._fd, data):]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _line(values: Iterable[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
 
 
 def append_labels(
     csv_path: str | os.PathLike, labels: Iterable[tuple[Path, float]], family: str
 ) -> int:
     """Append `path,ssim,family` rows (header only if the file is new or empty); rows written."""
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    new = not csv_path.is_file() or csv_path.stat().st_size == 0
-    needs_newline = False
-    if not new:
-        with open(csv_path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            needs_newline = f.read(1) not in (b"\n", b"\r")
-    n = 0
-    with open(csv_path, "a", newline="", encoding="utf-8") as f:
-        if needs_newline:
-            f.write("\n")  # a hand-edited file without a final newline must not merge rows
-        writer = csv.writer(f, lineterminator="\n")
-        if new:
-            writer.writerow(HEADER)
+    with LabelWriter(csv_path, family) as writer:
         for path, value in labels:
-            # 6 decimals: far below any SSIM difference anyone acts on; keeps the CSV small.
-            writer.writerow((relative_to_csv(path, csv_path), f"{value:.6f}", family))
-            n += 1
-    return n
+            writer.write(path, value)
+    return writer.written

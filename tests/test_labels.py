@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.errors import ImageError
-from pipeline.labels import label_image, label_images
+from pipeline.errors import ImageError, PipelineError
+from pipeline.labels import LABEL_MODULES, label_image, label_images
 from pipeline.labels_csv import read_labels
 
 
@@ -124,6 +129,8 @@ def test_cli_label_appends_reports_and_resumes(tmp_path):
     with open(report, newline="") as f:
         fails = list(csv.reader(f))
     assert len(fails) == 2 and fails[1][0].endswith("broken.png")
+    # the path is its own column: the reason does not repeat it
+    assert "broken.png" not in fails[1][1] and fails[1][1].startswith("cannot decode")
 
     # Rerun: labelled images are skipped (no duplicate rows, no second header); --strict fails.
     res = runner.invoke(cli, [*args, "--strict", "--json"])
@@ -138,3 +145,73 @@ def test_cli_label_usage_errors(tmp_path):
     assert res.exit_code == 2
     res = runner.invoke(cli, ["label", str(tmp_path / "*.png"), "--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 1 and "matches no file" in res.output
+
+
+def test_cli_failure_line_names_the_path_once(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    res = CliRunner().invoke(cli, ["label", str(broken), "--out", str(tmp_path / "o.csv"),
+                                   "--workers", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("  "))
+    assert line == f"  {broken}: " + line.split(": ", 1)[1] and line.count("broken.png") == 1
+    assert "cannot decode" in line
+
+
+@pytest.mark.parametrize("module", LABEL_MODULES)
+def test_missing_labels_extra_is_one_clear_error(tmp_path, monkeypatch, module):
+    img = tmp_path / "square.png"
+    two_colour_square().save(img)
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    out = tmp_path / "labels.csv"
+    res = CliRunner().invoke(cli, ["label", str(img), "--out", str(out), "--workers", "1",
+                                   "--no-progress"])
+    assert res.exit_code == 1, res.output
+    assert "Error:" in res.output and "pip install 'ssimcache[labels]'" in res.output
+    assert module in res.output
+    assert not out.exists(), "nothing labelled, nothing written"
+    with pytest.raises(PipelineError, match=r"ssimcache\[labels\]"):
+        label_images([img])
+
+
+# Runs `ssimcache label` in a child whose labeller SIGKILLs the process (no cleanup, no
+# flush, no finally) when asked for image number KILL_AT (0-based): KILL_AT images are done.
+_KILLED_CHILD = """
+import os, signal, sys
+import pipeline.labels as L
+from pipeline.cli import cli
+real, calls = L.label_image, [0]
+def label_then_die(path):
+    if calls[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls[0] += 1
+    return real(path)
+L.label_image = label_then_die
+cli(sys.argv[2:], prog_name="ssimcache")
+"""
+
+
+def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(5):
+        noise(size=16, seed=i).save(imgs / f"n{i}.png")
+    out = tmp_path / "labels.csv"
+    args = ["label", str(imgs), "--out", str(out), "--workers", "1", "--no-progress"]
+    kill_at = 3
+    child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(kill_at), *args],
+                           cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    text = out.read_text()
+    assert text.endswith("\n"), "no half row"
+    rows = read_labels(out)
+    assert [r.path.name for r in rows] == ["n0.png", "n1.png", "n2.png"]
+
+    res = CliRunner().invoke(cli, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["skipped_already_labelled"] == kill_at and summary["labelled"] == 2
+    rows = read_labels(out)
+    assert sorted(r.path.name for r in rows) == [f"n{i}.png" for i in range(5)]
+    assert rows[0].ssim == pytest.approx(label_image(imgs / "n0.png"), abs=1e-6)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from pipeline.atomic import write_failure_report as write_report
+from pipeline.errors import LabelsError
 from pipeline.labels_csv import read_labels
-from pipeline.labels_write import append_labels, existing_paths
+from pipeline.labels_write import LabelWriter, append_labels, existing_paths
 
 
 def test_append_labels_header_once_relative_paths(tmp_path):
@@ -36,3 +39,43 @@ def test_report_is_written_atomically(tmp_path):
     with open(report, newline="") as f:
         assert list(csv.reader(f)) == [["path", "reason"], ["a.png", "bad, really"]]
     assert [p.name for p in tmp_path.iterdir()] == ["fails.csv"]  # no temp file left
+
+
+def test_existing_csv_with_bom_and_other_column_order(tmp_path):
+    """A spreadsheet's export: byte-order mark, columns in its own order."""
+    out = tmp_path / "labels.csv"
+    out.write_bytes("family,path,ssim\nf,x.png,0.9\n".encode("utf-8-sig"))
+    assert existing_paths(out) == {"x.png"}  # the path column, not the first one
+    append_labels(out, [(tmp_path / "y.png", 0.8)], "g")
+    assert out.read_text(encoding="utf-8-sig").splitlines()[-1] == "g,y.png,0.800000"
+    with open(out, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["path"], r["ssim"], r["family"]) for r in rows] == [("x.png", "0.9", "f"),
+                                                                  ("y.png", "0.800000", "g")]
+    # ... and the usual order with a BOM: the header is recognised, no second header written
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes("path,ssim,family\nx.png,0.9,f\n".encode("utf-8-sig"))
+    assert existing_paths(plain) == {"x.png"}
+    append_labels(plain, [(tmp_path / "y.png", 0.8)], "f")
+    assert plain.read_text(encoding="utf-8-sig").count("path,ssim") == 1
+
+
+def test_csv_without_path_column_is_refused(tmp_path):
+    out = tmp_path / "labels.csv"
+    out.write_text("file,score\nx.png,0.9\n")
+    with pytest.raises(LabelsError, match=r"labels\.csv:1: .*lacks 'path'"):
+        existing_paths(out)
+    with pytest.raises(LabelsError):
+        append_labels(out, [(tmp_path / "y.png", 0.8)], "f")
+    assert out.read_text() == "file,score\nx.png,0.9\n"
+
+
+def test_label_writer_puts_each_row_on_disk_before_returning(tmp_path):
+    out = tmp_path / "labels.csv"
+    with LabelWriter(out, "f") as writer:
+        writer.write(tmp_path / "a.png", 0.5)
+        # read by another handle while the writer is still open: nothing held in a buffer
+        assert out.read_text() == "path,ssim,family\na.png,0.500000,f\n"
+        writer.write(tmp_path / "b.png", 0.25)
+        assert out.read_text().endswith("b.png,0.250000,f\n")
+    assert writer.written == 2

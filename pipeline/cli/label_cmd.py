@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -28,30 +29,43 @@ def label(images: tuple[str, ...], out: Path, family: str, workers: int, report:
           strict: bool, no_progress: bool, as_json: bool) -> None:
     """Label IMAGES (files, folders, globs, @list.txt) with the SSIM between each image and its
     VTracer vectorization rendered back by resvg (luma, 11x11 Gaussian window, sigma 1.5; alpha
-    composited on white). Images already listed in --out are skipped, so a rerun resumes.
+    composited on white). Each row is appended as its image finishes and images already listed
+    in --out are skipped, so an interrupted run resumes where it stopped.
     """
     from tqdm import tqdm
 
     from pipeline.atomic import write_failure_report
     from pipeline.images import expand_inputs
-    from pipeline.labels import label_images
-    from pipeline.labels_write import append_labels, existing_paths, relative_to_csv
+    from pipeline.labels import iter_labels, require_label_modules
+    from pipeline.labels_write import LabelWriter, existing_paths, relative_to_csv
 
+    require_label_modules()  # a missing extra is one error, not every image a report row
     paths = expand_inputs(images)
     done = existing_paths(out)
     todo = [p for p in paths if relative_to_csv(p, out) not in done]
-    with tqdm(total=len(todo), desc="label", unit="img", disable=no_progress) as bar:
-        result = label_images(todo, workers=min(workers, max(1, len(todo))), on_done=bar.update)
-    written = append_labels(out, result.labels, family)
+    values: list[float] = []
+    failures: list[tuple[Path, str]] = []
+    # Rows go to the CSV as they arrive (input order), so an interrupted run keeps its work.
+    results = iter_labels(todo, workers=min(workers, max(1, len(todo))))
+    # closing(): an interrupted run shuts the worker pool down now, not at garbage collection.
+    with tqdm(total=len(todo), desc="label", unit="img", disable=no_progress) as bar, \
+            LabelWriter(out, family) as writer, closing(results):
+        for path, value, reason in results:
+            if value is None:
+                failures.append((path, reason))
+            else:
+                writer.write(path, value)
+                values.append(value)
+            bar.update(1)
+    written = writer.written
     if report is not None:
-        write_failure_report(report, result.failures)
+        write_failure_report(report, failures)
 
-    values = [v for _, v in result.labels]
     summary = {
         "seen": len(paths),
         "skipped_already_labelled": len(paths) - len(todo),
         "labelled": written,
-        "failed": len(result.failures),
+        "failed": len(failures),
         "mean_ssim": sum(values) / len(values) if values else None,
         "out": str(out),
         "report": str(report) if report is not None else None,
@@ -62,12 +76,12 @@ def label(images: tuple[str, ...], out: Path, family: str, workers: int, report:
         mean = f", mean SSIM {summary['mean_ssim']:.4f}" if values else ""
         click.echo(f"labelled {written} image(s) into {out}{mean}; "
                    f"{summary['skipped_already_labelled']} already labelled, "
-                   f"{len(result.failures)} failed")
-    if result.failures:
+                   f"{len(failures)} failed")
+    if failures:
         where = f"; see {report}" if report is not None else " (use --report FILE for all)"
-        click.echo(f"{len(result.failures)} image(s) failed{where}", err=True)
+        click.echo(f"{len(failures)} image(s) failed{where}", err=True)
         if report is None:
-            for path, reason in result.failures[:10]:
+            for path, reason in failures[:10]:
                 click.echo(f"  {path}: {reason}", err=True)
         if strict:
-            raise click.ClickException(f"{len(result.failures)} image(s) failed (--strict)")
+            raise click.ClickException(f"{len(failures)} image(s) failed (--strict)")
