@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,25 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
 
 TOLERANCE = 1e-5
+# torch.onnx writes the file with `onnx`; the parity check runs it with `onnxruntime`. Both are
+# in the dev extra only, so they are checked before any work.
+ONNX_MODULES = ("onnx", "onnxruntime")
+
+
+def require_onnx_modules() -> None:
+    """Raise PipelineError naming whichever of onnx / onnxruntime is not installed."""
+    missing = []
+    for name in ONNX_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise PipelineError(
+            f"--format onnx needs the {' and '.join(missing)} package(s), not installed here; "
+            "install them with: pip install onnx onnxruntime (or pip install 'ssimcache[dev]'),"
+            " or export with --format torchscript"
+        )
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -35,6 +55,8 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
     """
     if fmt not in ("onnx", "torchscript"):
         raise PipelineError(f"export format must be 'onnx' or 'torchscript', got {fmt!r}")
+    if fmt == "onnx":
+        require_onnx_modules()
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
     gen = torch.Generator().manual_seed(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -71,3 +72,21 @@ def test_full_export_onnx_cli(tmp_path):
     r = json.loads(res.output)
     assert r["full"] and r["input_shape"] == ["batch", 3, 64, 64]
     assert r["max_abs_diff"] <= 1e-5 and out.stat().st_size > 50e6  # ResNet-50 weights inside
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
+def test_onnx_without_its_packages_is_a_clear_error(tmp_path, monkeypatch, module):
+    ckpt = _ckpt(tmp_path, dim=8)
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    out = tmp_path / "head.onnx"
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--format", "onnx",
+                                   "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit), "an error message, not a traceback"
+    assert res.output.startswith("Error:") and module in res.output
+    assert "pip install onnx onnxruntime" in res.output
+    assert not out.exists()
+    with pytest.raises(PipelineError, match=module):
+        export(ckpt, "onnx", out)
+    # TorchScript needs neither
+    assert export(ckpt, "torchscript", tmp_path / "head.pt")["max_abs_diff"] <= 1e-5
