@@ -210,6 +210,17 @@ def test_gradient_thresholds_and_performance_targets_can_fail():
                for f in report["checks"]["performance"]["failures"])
 
 
+def test_memory_limit_can_fail_and_fails_only_memory():
+    """A healthy model over a (near-zero) inference footprint limit: memory fails, alone."""
+    cfg = dataclasses.replace(SMALL, checks=BREAKABLE, inference_rss_limit_mb=1e-9)
+    report = run_validation(Healthy(), cfg)
+    assert failed(report) == {"memory"}, {n: c["failures"] for n, c in report["checks"].items()}
+    fails = report["checks"]["memory"]["failures"]
+    assert len(fails) == 1 and fails[0].startswith("inference footprint")
+    assert fails[0].endswith("> 0 MiB")
+    assert schema_errors(json.loads(json.dumps(report))) == []
+
+
 def test_validation_leaves_model_state_and_mode_unchanged():
     model = Healthy()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -260,6 +271,24 @@ def test_robustness_and_comparison(tmp_path):
     # a zero shift limit makes the robustness check fail, nothing else
     strict = dataclasses.replace(cfg, robust_shift_limit=0.0, checks=("robustness",))
     assert failed(run_validation(Healthy(), strict, images=_images(tmp_path))) == {"robustness"}
+
+
+def test_comparison_fails_on_non_finite_cached_vectors():
+    """What the comparison can catch: cached vectors with NaN (a damaged store namespace) make
+    every head's validation error non-finite; that is a failure, with no 'best' head."""
+    good = _labeled()
+    x = good.x.copy()
+    x[::2, 3] = np.nan  # half the rows carry one NaN feature
+    cfg = dataclasses.replace(SMALL, checks=("comparison",))
+    report = run_validation(Healthy(), cfg,
+                            labeled=LabeledFeatures(x=x, y=good.y, keys=good.keys))
+    comp = report["checks"]["comparison"]
+    assert comp["status"] == "fail" and report["passed"] is False
+    assert len(comp["failures"]) == len(cfg.compare_heads)
+    assert all("non-finite validation error" in f for f in comp["failures"])
+    assert [r[-1] for r in comp["tables"]["heads"]["rows"]] == ["fail", "fail"]
+    assert comp["figures"]["best_by_val_mae"] is None
+    assert schema_errors(json.loads(json.dumps(report))) == []
 
 
 def test_data_checks_skip_without_data():
