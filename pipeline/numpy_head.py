@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -41,35 +42,48 @@ class NumpyHead:
                 np.maximum(h, 0.0, out=h)
         return self._activate(h[:, 0]).astype(np.float32)
 
-    def predict_with_uncertainty(self, x: np.ndarray, samples: int = 30,
-                                 seed: int = 0) -> dict[str, np.ndarray]:
+    def predict_with_uncertainty(self, x: np.ndarray, samples: int = 30, seed: int = 0,
+                                 keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Monte Carlo dropout in numpy: `samples` passes with inverted dropout after every hidden
         ReLU (as nn.Dropout in train mode; BatchNorm stays folded = eval mode, as in the torch
-        version). Seeded with numpy's PCG64, so the same seed gives the same result.
+        version).
+
+        Each row draws its masks from its own PCG64 stream seeded by `row_seed(seed, key)`, key
+        = `keys[i]` (a content key) or, without `keys`, the row index; rows are also computed
+        one at a time, so a row's result is bit-identical whatever else is in the call and the
+        same (seed, key) always gives the same result.
 
         Returns (N,) arrays: mean, std (unbiased, like torch.std), low/high = 5th/95th percentile.
         """
         if samples < 2:
             raise ValueError(f"samples must be >= 2 for an uncertainty estimate, got {samples}")
-        rng = np.random.default_rng(seed)
-        keep = 1.0 - self.dropout
         x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        # The first Linear sees no dropout: compute it once for all samples.  (N, H0)
-        first = np.maximum(x @ self.weights[0] + self.biases[0], 0.0)
+        names = [str(i) for i in range(len(x))] if keys is None else [str(k) for k in keys]
+        if len(names) != len(x):
+            raise ValueError(f"got {len(names)} keys for {len(x)} rows")
+        keep = 1.0 - self.dropout
         last = len(self.weights) - 1
-        draws = np.empty((samples, x.shape[0]), dtype=np.float32)
-        for s in range(samples):
-            h = first
+        draws = np.empty((x.shape[0], samples), dtype=np.float32)  # (N, S)
+        for r, name in enumerate(names):
+            rng = np.random.default_rng(row_seed(seed, name))
+            # The first Linear sees no dropout: once per row, then tiled over samples. (S, H0)
+            first = np.maximum(x[r:r + 1] @ self.weights[0] + self.biases[0], 0.0)
+            h = np.repeat(first, samples, axis=0)
             for i in range(1, last + 1):
                 if keep < 1.0:
                     h = h * (rng.random(h.shape, dtype=np.float32) < keep) / np.float32(keep)
                 h = h @ self.weights[i] + self.biases[i]
                 if i < last:
                     h = np.maximum(h, 0.0)
-            draws[s] = self._activate(h[:, 0])
+            draws[r] = self._activate(h[:, 0])
         return {
-            "mean": draws.mean(0),
-            "std": draws.std(0, ddof=1),
-            "low": np.quantile(draws, 0.05, axis=0).astype(np.float32),
-            "high": np.quantile(draws, 0.95, axis=0).astype(np.float32),
+            "mean": draws.mean(1),
+            "std": draws.std(1, ddof=1),
+            "low": np.quantile(draws, 0.05, axis=1).astype(np.float32),
+            "high": np.quantile(draws, 0.95, axis=1).astype(np.float32),
         }
+
+
+def row_seed(seed: int, key: str) -> int:
+    """128-bit seed of one row's MC-dropout stream: sha256 of "seed:key" (any int seed)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:16], "big")

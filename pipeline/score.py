@@ -30,7 +30,7 @@ class ScoreConfig:
     cache_items: int = 100_000       # predicted scores kept in the Scorer's LRU
     store_cache_items: int = 10_000  # feature vectors kept in the store's LRU
     batch_size: int = 4096           # vectors read + scored per chunk (bounds memory: 32 MiB)
-    uncertainty_samples: int = 30    # MC-dropout passes when --uncertainty is given without N
+    uncertainty_samples: int = 30    # MC passes when Scorer.uncertainty() gets no `samples`
     seed: int = 0
 
 
@@ -132,16 +132,20 @@ class Scorer:
 
     def uncertainty(self, keys: Sequence[str], samples: int | None = None,
                     seed: int | None = None) -> dict[str, np.ndarray]:
-        """MC-dropout mean/std/low/high (N,) per key, in numpy, seeded (see NumpyHead)."""
+        """MC-dropout mean/std/low/high (N,) per key, in numpy. Seeded per (seed, key) (see
+        NumpyHead.predict_with_uncertainty): a key gets the same numbers alone or in a batch.
+        `mean` is the MC mean, not `score_keys` (dropout off); the two can differ."""
         unique = list(dict.fromkeys(keys))
         where = {k: i for i, k in enumerate(unique)}
         parts: list[dict[str, np.ndarray]] = []
         step = self.config.batch_size
+        seed = self.config.seed if seed is None else seed
         for start in range(0, len(unique), step):
             chunk = unique[start:start + step]
+            # Draws are seeded per (seed, key), so a key's interval is the same in any call.
             parts.append(self.head.predict_with_uncertainty(
-                self._vectors(chunk), samples or self.config.uncertainty_samples,
-                self.config.seed if seed is None else seed + start))
+                self._vectors(chunk), samples or self.config.uncertainty_samples, seed,
+                keys=chunk))
         idx = [where[k] for k in keys]
         return {name: np.concatenate([p[name] for p in parts])[idx] for name in parts[0]}
 
@@ -149,16 +153,18 @@ class Scorer:
     def keys_for_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
                        progress: bool = False, config_path: str | Path | None = None,
                        overrides: dict[str, Any] | None = None) -> list[str | None]:
-        """Content keys of `paths`; images missing from the store are extracted (imports torch)
-        unless `cached_only`. Images that fail to decode get None and a row in `failures`."""
+        """Content keys of `paths` (input order, repeats kept; each distinct path hashed and
+        extracted once); images missing from the store are extracted (imports torch) unless
+        `cached_only`. Images that fail to decode get None and a row in `failures`."""
         self.failures = []
-        keys: list[str | None] = []
-        for p in paths:
+        hashed: dict[str, str | None] = {}  # a path given twice is hashed (and reported) once
+        for p in dict.fromkeys(str(p) for p in paths):
             try:
-                keys.append(content_key(p))
+                hashed[p] = content_key(p)
             except OSError as e:  # unreadable file: a failed row, not a crash
-                keys.append(None)
-                self.failures.append((str(p), f"cannot read file: {e.strerror or e}"))
+                hashed[p] = None
+                self.failures.append((p, f"cannot read file: {e.strerror or e}"))
+        keys = [hashed[str(p)] for p in paths]
         known = [k for k in dict.fromkeys(keys) if k is not None]
         absent = set(self._ns.missing(known) if self._ns is not None else known)
         todo = list(dict.fromkeys(str(p) for p, k in zip(paths, keys, strict=True)
@@ -168,9 +174,12 @@ class Scorer:
         if cached_only:
             shown = ", ".join(todo[:10]) + (f" ... and {len(todo) - 10} more"
                                             if len(todo) > 10 else "")
-            raise PipelineError(f"{len(todo)} image(s) are not in store {self.store_path} under "
-                                f"fingerprint {self.fingerprint[:12]}…: {shown}; drop "
-                                "--cached-only to extract them")
+            held = self._fs.fingerprints() if self._fs is not None else []
+            raise PipelineError(
+                f"{len(todo)} image(s) are not in store {self.store_path} under the checkpoint's "
+                f"fingerprint {self.fingerprint} (the store holds "
+                f"{', '.join(held) or 'no namespace'}): {shown}; drop --cached-only to extract "
+                "them with the checkpoint's settings")
         unreadable = self.failures
         self._extract(todo, progress, config_path, overrides)
         self.failures = unreadable + self.failures

@@ -113,6 +113,15 @@ def test_numpy_mc_dropout_seeded():
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert np.all((a["low"] <= a["mean"]) & (a["mean"] <= a["high"]))
     assert not np.array_equal(a["mean"], nh.predict_with_uncertainty(x, 25, seed=4)["mean"])
+    # a row's draws come from its own (seed, key) stream: the same alone and in any batch
+    keyed = nh.predict_with_uncertainty(x, 25, seed=3, keys=list("abcde"))
+    alone = nh.predict_with_uncertainty(x[2:3], 25, seed=3, keys=["c"])
+    flipped = nh.predict_with_uncertainty(x[::-1], 25, seed=3, keys=list("edcba"))
+    for k in keyed:
+        assert keyed[k][2] == alone[k][0] == flipped[k][2], k
+    assert not np.array_equal(keyed["std"], a["std"])  # keys, not positions, seed the rows
+    with pytest.raises(ValueError, match="keys"):
+        nh.predict_with_uncertainty(x, 5, keys=["a"])
     # no dropout -> no spread
     assert np.all(NumpyHead(head.fold_numpy(), dropout=0.0)
                   .predict_with_uncertainty(x, samples=5)["std"] < 1e-6)

@@ -106,14 +106,43 @@ def test_cli_csv_json_and_uncertainty(setup):
     assert rows[0]["key"] == content_key(imgs[0])
     res = _cli(*base, "--format", "json", "--uncertainty", "8")
     data = json.loads(res.output)
-    assert list(data[0]) == ["path", "key", "predicted_ssim", "std", "low", "high"]
-    assert all(d["std"] > 0 and d["low"] <= d["high"] for d in data)
+    assert list(data[0]) == ["path", "key", "predicted_ssim", "mean", "std", "low", "high"]
+    assert all(d["std"] > 0 and d["low"] <= d["mean"] <= d["high"] for d in data)
     again = json.loads(_cli(*base, "--format", "json", "--uncertainty", "8").output)
     assert again == data, "seeded MC dropout is reproducible"
     res = _cli(*base, "--format", "csv", "--uncertainty", "4")
-    assert res.output.splitlines()[0] == "path,key,predicted_ssim,std,low,high"
+    assert res.output.splitlines()[0] == "path,key,predicted_ssim,mean,std,low,high"
     table = _cli(*base)
     assert table.exit_code == 0 and "predicted_ssim" in table.output
+    table = _cli(*base, "--uncertainty", "4")
+    assert table.exit_code == 0 and "mc_mean" in table.output.splitlines()[0]
+
+
+def test_cli_repeated_input_keeps_one_row_per_input(setup):
+    a, b = (str(p) for p in setup["images"][:2])
+    folder = str(setup["images"][0].parent)
+    res = _cli("score", a, b, a, folder, "--checkpoint", str(setup["ckpt"]), "--store",
+               str(setup["store"]), "--cached-only", "--format", "csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.output)))
+    # the folder expands in place, after the three files, and still holds a and b
+    assert [r["path"] for r in rows[:3]] == [a, b, a]
+    assert len(rows) == 3 + len(setup["images"])
+    assert rows[0]["predicted_ssim"] == rows[2]["predicted_ssim"]
+    assert rows[0]["key"] == rows[2]["key"] == content_key(a)
+
+
+def test_uncertainty_of_a_key_does_not_depend_on_the_batch(setup):
+    keys = setup["keys"]
+    with Scorer(setup["store"], setup["ckpt"], ScoreConfig(batch_size=5)) as sc:
+        alone = sc.uncertainty([keys[7]], samples=12)
+        batch = sc.uncertainty(keys[::-1], samples=12)  # key 7 in another chunk and position
+        pos = keys[::-1].index(keys[7])
+        for name in ("mean", "std", "low", "high"):
+            assert alone[name][0] == batch[name][pos], name
+        assert np.array_equal(sc.uncertainty(keys, samples=12)["std"], batch["std"][::-1])
+        # the seed still matters
+        assert sc.uncertainty([keys[7]], samples=12, seed=1)["std"][0] != alone["std"][0]
 
 
 def test_cli_cached_only_lists_uncached(setup, tmp_path):
@@ -122,6 +151,8 @@ def test_cli_cached_only_lists_uncached(setup, tmp_path):
     res = _cli("score", str(img), "--checkpoint", str(setup["ckpt"]), "--store",
                str(setup["store"]), "--cached-only")
     assert res.exit_code == 1 and str(img) in res.output
+    fp = load_checkpoint(setup["ckpt"]).fingerprint
+    assert f"fingerprint {fp} (the store holds {fp})" in " ".join(res.output.split())
 
 
 def test_cached_score_never_imports_torch(setup):

@@ -12,6 +12,9 @@ from typing import Any
 import click
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# With --uncertainty: the MC-dropout mean, std and 90 % interval, after predicted_ssim (which is
+# the deterministic, dropout-off prediction and may lie outside [low, high]).
+UNC_COLS = ("mean", "std", "low", "high")
 
 
 def _score_config_default() -> str | None:
@@ -27,7 +30,7 @@ def _rows(paths: list[Path], keys: list[str | None], pred: Any,
         row: dict[str, Any] = {"path": str(p), "key": k,
                                "predicted_ssim": None if math.isnan(value) else value}
         if unc is not None:
-            for name in ("std", "low", "high"):
+            for name in UNC_COLS:
                 v = float(unc[name][i])
                 row[name] = None if math.isnan(v) else v
         rows.append(row)
@@ -35,7 +38,7 @@ def _rows(paths: list[Path], keys: list[str | None], pred: Any,
 
 
 def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
-    cols = ["path", "key", "predicted_ssim"] + (["std", "low", "high"] if uncertainty else [])
+    cols = ["path", "key", "predicted_ssim"] + (list(UNC_COLS) if uncertainty else [])
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
@@ -48,13 +51,14 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
         return buf.getvalue().rstrip("\n")
     width = max([len("path"), *(len(r["path"]) for r in rows)])
     head = f"{'path':<{width}}  {'predicted_ssim':>14}" + (
-        f"  {'std':>8}  {'90% interval':>17}" if uncertainty else "")
+        f"  {'mc_mean':>8}  {'std':>8}  {'90% interval':>17}" if uncertainty else "")
     lines = [head]
     for r in rows:
         v = "failed" if r["predicted_ssim"] is None else f"{r['predicted_ssim']:.4f}"
         line = f"{r['path']:<{width}}  {v:>14}"
         if uncertainty and r["predicted_ssim"] is not None:
-            line += f"  {r['std']:>8.4f}  [{r['low']:.4f}, {r['high']:.4f}]"
+            line += (f"  {r['mean']:>8.4f}  {r['std']:>8.4f}  "
+                     f"[{r['low']:.4f}, {r['high']:.4f}]")
         lines.append(line)
     return "\n".join(lines)
 
@@ -69,11 +73,12 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
 @click.option("--cached-only", is_flag=True,
               help="Never extract (never imports torch): fail listing images not in the store.")
 @click.option("--uncertainty", type=click.IntRange(min=2), default=None,
-              help="Add MC-dropout std and 90% interval from N stochastic passes.")
+              help="Add MC-dropout mean, std and 90% interval from N stochastic passes "
+                   "(seeded per image key, so an image's numbers do not depend on the others).")
 @click.option("--seed", type=int, default=None, help="MC-dropout seed [default: 0 / config]")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
-                                      "(+ std,low,high with --uncertainty).")
+                                      "(+ mean,std,low,high with --uncertainty).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               default=_score_config_default(), show_default="configs/score.json",
               help="Scorer JSON config (ScoreConfig fields).")
@@ -89,7 +94,9 @@ def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: boo
     from pipeline.score import ScoreConfig, Scorer
 
     cfg = build_config(ScoreConfig, config_path, {"seed": seed})
-    paths = expand_inputs(images)
+    # One row per input in input order: expand each argument on its own (folders/globs in
+    # place) so a repeated argument keeps its rows; hashing and extraction de-duplicate.
+    paths = [p for item in images for p in expand_inputs([item])]
     with Scorer(store, checkpoint, cfg) as scorer:
         keys = scorer.keys_for_paths(paths, cached_only=cached_only, progress=not no_progress)
         ok = [i for i, k in enumerate(keys) if k is not None]
