@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ class Evaluation:
     y_true: np.ndarray            # (N,)
     y_pred: np.ndarray            # (N,)
     families: list[str | None]
-    context: dict[str, Any]       # checkpoint, fingerprint, split, skipped, ...
+    context: dict[str, Any]       # checkpoint, fingerprint, split, skipped (count), ...
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) unreadable
 
 
 def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | Path, *,
@@ -31,7 +32,8 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
              overrides: dict[str, Any] | None = None, cached_only: bool = False,
              progress: bool = True, backbone: Any = None) -> Evaluation:
     """Predict every labelled image (extracting missing vectors with the checkpoint's extractor
-    settings) and compute the metrics; `split` keeps only rows of that train-time split."""
+    settings) and compute the metrics; `split` keeps only rows of that train-time split.
+    Images that cannot be read are left out of the metrics and listed in `skipped`."""
     from pipeline.features import extract_config_for, gather
     from pipeline.labels_csv import read_labels
     from pipeline.train import split_of
@@ -62,7 +64,7 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
                "fingerprint": ckpt.fingerprint, "split": split,
                "weights": cfg.weights, "extracted": data.extracted,
                "skipped": len(data.skipped)}
-    return Evaluation(report, y_true, y_pred, families, context)
+    return Evaluation(report, y_true, y_pred, families, context, skipped=data.skipped)
 
 
 def write_reports(ev: Evaluation, json_path: str | Path | None = None,

@@ -46,6 +46,45 @@ def missing_keys(store_path: str | Path, fp: str, keys: Sequence[str]) -> list[s
         return list(dict.fromkeys(keys))
 
 
+def store_fingerprints(store_path: str | Path) -> list[str]:
+    """Namespaces the store holds ([] when the file is absent), for error messages."""
+    try:
+        with FeatureStore(store_path, mode="r") as fs:
+            return fs.fingerprints()
+    except StoreNotFoundError:
+        return []
+
+
+# ExtractConfig field -> `ssimcache extract` flag, for the fields that enter the fingerprint.
+_FLAGS = {"weights": "--weights", "precision": "--precision", "image_size": "--image-size",
+          "resize": "--resize", "interpolation": "--interpolation", "antialias": "antialias",
+          "background": "--background", "channels_last": "channels-last", "fuse_bn": "fuse-bn",
+          "compile": "compile", "device": "--device", "dtype": "--dtype"}
+_ALWAYS = ("weights", "precision", "image_size")
+
+
+def extract_flags(cfg: Any) -> str:
+    """`ssimcache extract` flags that select `cfg`'s namespace: weights, precision and image
+    size always, other fingerprint fields where they differ from configs/extract.json."""
+    from pipeline.config import build_config
+    from pipeline.extract import ExtractConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "extract.json"
+    base = build_config(ExtractConfig, shipped if shipped.is_file() else None)
+    out = []
+    for name, flag in _FLAGS.items():
+        value = getattr(cfg, name)
+        if name not in _ALWAYS and value == getattr(base, name):
+            continue
+        if isinstance(value, bool):  # --x/--no-x switches
+            out.append(f"--{'' if value else 'no-'}{flag}")
+        else:
+            out.append(f"{flag} {value}")
+    if (cfg.mean, cfg.std) != (base.mean, base.std):
+        out.append("--config FILE (with the checkpoint's mean/std)")
+    return " ".join(out)
+
+
 def read_vectors(store_path: str | Path, fp: str, keys: Sequence[str]) -> np.ndarray:
     """(N, D) float32 vectors of `keys` (duplicates allowed) from namespace `fp`."""
     unique = list(dict.fromkeys(keys))
@@ -80,9 +119,12 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
     extracted = 0
     skipped: list[tuple[str, str]] = []
     if todo and cached_only:
+        held = store_fingerprints(store_path)
         raise PipelineError(
             f"{len(todo)} labelled image(s) are not in the store {store_path} under fingerprint "
-            f"{fp[:12]}…: {_show(todo)}; run `ssimcache extract` on them or drop --cached-only")
+            f"{fp} (the store holds {', '.join(held) or 'no namespace'}): {_show(todo)}; run "
+            f"`ssimcache extract --store {store_path} {extract_flags(extract_cfg)} IMAGES...` "
+            "on them or drop --cached-only")
     if todo:
         report = extract(list(dict.fromkeys(todo)), store_path, extract_cfg,
                          backbone=backbone, progress=progress)
@@ -115,6 +157,9 @@ def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = N
 
     merged = dict(saved)
     if config_path is not None:
+        # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the
+        # raw keys are then layered over the checkpoint's settings.
+        build_config(ExtractConfig, config_path)
         merged.update(json.loads(Path(config_path).read_text()))
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return build_config(ExtractConfig, None, merged)

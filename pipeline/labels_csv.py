@@ -30,7 +30,8 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
                           "path,ssim[,family] (see `ssimcache label`)")
     base = csv_path.parent
     rows: list[LabelRow] = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column name.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:

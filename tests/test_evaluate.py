@@ -85,3 +85,65 @@ def test_missing_images_extracted_with_checkpoint_settings(setup, tmp_path):
     with pytest.raises(Exception, match="not in the store"):
         evaluate(make_dataset(tmp_path / "b", n=2, seed=6), setup["store"], setup["ckpt"],
                  cached_only=True, progress=False)
+
+
+def _eval_cli(setup, *extra: str):
+    return CliRunner().invoke(cli, ["evaluate", "--labels", str(setup["csv"]), "--store",
+                                    str(setup["store"]), "--checkpoint", str(setup["ckpt"]),
+                                    "--no-progress", *extra])
+
+
+def test_cli_reports_unreadable_images_on_stderr(setup, tmp_path, monkeypatch):
+    import functools
+
+    import pipeline.evaluate as ev_mod
+
+    csv = make_dataset(tmp_path, n=3, seed=7)
+    for name in ("broken0.png", "broken1.png"):
+        (tmp_path / "images" / name).write_bytes(b"not a png")
+    csv.write_text(csv.read_text() + "images/broken0.png,0.5,flat\nimages/broken1.png,0.5,flat\n")
+    # the CLI extracts with the checkpoint's settings; the tiny backbone stands in for ResNet-50
+    monkeypatch.setattr(ev_mod, "evaluate",
+                        functools.partial(ev_mod.evaluate, backbone=TinyBackbone()))
+    args = ["evaluate", "--labels", str(csv), "--store", str(setup["store"]), "--checkpoint",
+            str(setup["ckpt"]), "--no-progress"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "n 3, skipped 2 unreadable" in res.stdout
+    assert "skipped " + str(tmp_path / "images" / "broken0.png") in res.stderr
+    assert "broken1.png" in res.stderr and "broken" not in res.stdout.split("\n", 1)[1]
+    res = CliRunner().invoke(cli, [*args, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)  # stdout is the JSON and nothing else
+    assert list(report) == [*KEYS, "per_family"] and report["n"] == 3
+    assert "broken0.png" in res.stderr
+
+
+@pytest.mark.parametrize("body,needle", [
+    (None, "does not exist"), ("{not json", "is not valid JSON"),
+    ('{"no_such_key": 1}', "unknown key"),
+])
+def test_cli_bad_extract_config_is_an_error_not_a_traceback(setup, tmp_path, body, needle):
+    path = tmp_path / "extract.json"
+    if body is not None:
+        path.write_text(body)
+    res = _eval_cli(setup, "--extract-config", str(path), "--cached-only")
+    assert res.exit_code == 1, res.output
+    assert "Error:" in res.output and needle in res.output and str(path) in res.output
+    assert isinstance(res.exception, SystemExit)  # the CLI's Error:, not a raised exception
+
+
+def test_cached_only_names_both_fingerprints_and_the_extract_flags(setup, tmp_path):
+    from store.hdf5 import FeatureStore
+
+    other = tmp_path / "other.h5"
+    with FeatureStore(other, mode="a") as fs:
+        fs.namespace("e" * 64, spec={"x": 1}, dim=54).put_many(["0" * 64], np.zeros((1, 54)))
+    res = CliRunner().invoke(cli, ["evaluate", "--labels", str(setup["csv"]), "--store",
+                                   str(other), "--checkpoint", str(setup["ckpt"]),
+                                   "--cached-only", "--no-progress"])
+    assert res.exit_code == 1
+    out = " ".join(res.output.split())  # click may wrap nothing, but be safe
+    assert load_checkpoint(setup["ckpt"]).fingerprint in out and "e" * 64 in out
+    assert f"ssimcache extract --store {other} --weights random:0 --precision fp32 " \
+           "--image-size 32" in out

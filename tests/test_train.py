@@ -118,6 +118,16 @@ def test_cli_label_errors_name_the_line(tmp_path, body, needle):
     assert "Error:" in res.output and needle in res.output
 
 
+def test_labels_csv_with_utf8_bom_is_read(tmp_path):
+    from pipeline.labels_csv import read_labels
+
+    csv = make_dataset(tmp_path, n=2)
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # as Excel saves "CSV UTF-8"
+    rows = read_labels(csv)
+    assert [r.path.name for r in rows] == ["img000.png", "img001.png"]
+    assert rows[0].family == "noisy" and rows[0].line == 2
+
+
 def test_cli_train_cached_only_lists_missing(tmp_path):
     csv = make_dataset(tmp_path, n=3)
     res = CliRunner().invoke(cli, ["train", "--labels", str(csv), "--store", str(tmp_path / "f.h5"),
@@ -126,6 +136,9 @@ def test_cli_train_cached_only_lists_missing(tmp_path):
     assert res.exit_code == 1
     assert "3 labelled image(s) are not in the store" in res.output
     assert "img002.png" in res.output
+    # the hint fills the namespace train would use (store absent: it holds none)
+    assert "the store holds no namespace" in res.output
+    assert "ssimcache extract --store" in res.output and "--weights random:0" in res.output
     assert not (tmp_path / "c.st").exists()
     json.dumps(res.output)
 

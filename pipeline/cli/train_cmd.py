@@ -106,8 +106,15 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
     click.echo(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, val loss "
                f"{summary['best_val_loss']:.5f}, peak RSS {summary['peak_rss_mb']:.0f} MB")
     click.echo(metrics_table(summary["metrics"]))
-    for path, reason in summary["skipped"][:10]:
+    _echo_skipped(summary["skipped"])
+
+
+def _echo_skipped(skipped: list[Any]) -> None:
+    """Unreadable labelled images on stderr: the first 10, then how many more."""
+    for path, reason in skipped[:10]:
         click.echo(f"skipped {path}: {reason}", err=True)
+    if len(skipped) > 10:
+        click.echo(f"... and {len(skipped) - 10} more skipped", err=True)
 
 
 @click.command("evaluate")
@@ -141,11 +148,13 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
                   cached_only=cached_only, progress=not no_progress)
     to_stdout = json_out == "-"
     written = write_reports(ev, None if to_stdout else json_out, html_out)
+    _echo_skipped(ev.skipped)  # stderr, so `--json -` stays the issue's JSON and nothing else
     if to_stdout:
         click.echo(json.dumps(ev.report, indent=2))
         return
     click.echo(f"{checkpoint} on {labels} (split {split}, fingerprint "
-               f"{ev.context['fingerprint'][:12]}…)")
+               f"{ev.context['fingerprint'][:12]}…); n {ev.report['n']}, "
+               f"skipped {len(ev.skipped)} unreadable, extracted {ev.context['extracted']}")
     click.echo(metrics_table({split: ev.report}))
     for path in written:
         click.echo(f"wrote {path}")
