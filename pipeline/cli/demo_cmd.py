@@ -26,7 +26,8 @@ def _opt(path: Path) -> str | None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="bf16",
               show_default=True,
               help="Backbone precision; bf16 keeps the demo within 5 minutes on 2 cores "
-                   "(measured 1.65x the fp32 img/s there)")
+                   "(about 2x the fp32 img/s there: 74.9 vs 37.1, see the README's "
+                   "Performance section)")
 @click.option("--image-size", type=click.IntRange(min=16), default=None,
               help="Model input size [default: configs/extract.json]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
