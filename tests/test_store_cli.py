@@ -85,6 +85,73 @@ def test_prune_keep_current_uses_the_extract_config(tmp_path, store_path):
         assert fs.fingerprints() == [fingerprint(spec)]
 
 
+def _real_spec(**overrides):
+    from pipeline.config import build_config
+    from pipeline.extract import ExtractConfig, feature_spec
+
+    return feature_spec(build_config(ExtractConfig, None, overrides))
+
+
+def test_prune_keep_current_absent_removes_nothing(tmp_path, store_path):
+    pytest.importorskip("pipeline.extract")
+    before = store_path.read_bytes()
+    cfg_path = tmp_path / "extract.json"
+    cfg_path.write_text(json.dumps({"weights": "imagenet"}))
+    r = run("store", "prune", store_path, "--keep-current", "--config", cfg_path)
+    assert r.exit_code == 1, r.output
+    assert "nothing removed" in r.output and FP_A[:12] in r.output and FP_B[:12] in r.output
+    assert store_path.read_bytes() == before
+    with FeatureStore(store_path, "r") as fs:
+        assert sorted(fs.fingerprints()) == sorted([FP_A, FP_B])
+
+
+def test_prune_keep_current_takes_the_extract_flags(tmp_path, store_path, monkeypatch):
+    pytest.importorskip("pipeline.extract")
+    spec = _real_spec(weights="random:0", image_size=32)
+    with FeatureStore(store_path) as fs:
+        fs.namespace(fingerprint(spec), spec, dim=DIM)
+    # no configs/extract.json (a non-editable install): built-in defaults + the flags
+    monkeypatch.setattr("pipeline.cli.store_cmd.DEFAULT_CONFIG", tmp_path / "absent.json")
+    r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0")
+    assert r.exit_code == 1 and "nothing removed" in r.output  # 224px: not this namespace
+    r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0",
+            "--image-size", 32, "--json")
+    assert r.exit_code == 0, r.output
+    assert sorted(json.loads(r.output)["removed"]) == sorted([FP_A, FP_B])
+    r = run("store", "prune", store_path, "--keep", FP_A[:6], "--weights", "random:0")
+    assert r.exit_code == 2 and "--keep-current" in r.output
+
+
+def test_prune_keeps_several_fingerprints(tmp_path, store_path):
+    spec_c = {"backbone": "fake", "size": 32}
+    with FeatureStore(store_path) as fs:
+        fs.namespace(fingerprint(spec_c), spec_c, dim=DIM)
+    r = run("store", "prune", store_path, "--keep", f"{FP_A[:6]},{FP_B[:6]}", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["removed"] == [fingerprint(spec_c)]
+    r = run("store", "prune", store_path, "--keep", FP_A[:6], "--keep", FP_B[:6])
+    assert r.exit_code == 0 and "0 namespace(s) removed, 2 kept" in r.output
+
+
+def test_info_summary_tells_namespaces_apart(tmp_path):
+    pytest.importorskip("pipeline.extract")
+    specs = {"r0": _real_spec(weights="random:0"), "r1": _real_spec(weights="random:1"),
+             "r0_32": _real_spec(weights="random:0", image_size=32),
+             "r0_bf16": _real_spec(weights="random:0", precision="bf16")}
+    path = tmp_path / "s.h5"
+    with FeatureStore(path) as fs:
+        for spec in specs.values():
+            fs.namespace(fingerprint(spec), spec, dim=DIM)
+    r = run("store", "info", path)
+    assert r.exit_code == 0, r.output
+    lines = {fp: next(ln for ln in r.output.splitlines() if ln.startswith(fingerprint(s)[:12]))
+             for fp, s in specs.items()}
+    summaries = {k: ln.split("  ")[-1] for k, ln in lines.items()}
+    assert len(set(summaries.values())) == len(specs), summaries
+    assert "weights=random:0 fp32 224px direct bilinear fuse_bn" in summaries["r0"]
+    assert "32px" in summaries["r0_32"] and "bf16" in summaries["r0_bf16"]
+
+
 def test_export_npz(tmp_path, store_path):
     out = tmp_path / "out" / "a.npz"
     r = run("store", "export", store_path, "--out", out)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.extract_cmd import DEFAULT_CONFIG, spec_options
+
 STORE_ARG = click.argument("store_path", metavar="STORE",
                            type=click.Path(dir_okay=False, path_type=Path))
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "extract.json"
 
 
 def _human(n: int) -> str:
@@ -21,10 +22,44 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _spec_summary(spec: dict, width: int = 60) -> str:
-    text = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(spec.items())
-                     if not isinstance(v, (dict, list)))
-    return text if len(text) <= width else text[: width - 3] + "..."
+def _weights_summary(w: object) -> str:
+    if not isinstance(w, dict):
+        return str(w)
+    if w.get("kind") == "random":
+        return f"random:{w.get('seed')}"
+    if w.get("kind") == "torchvision":
+        return "imagenet" if "IMAGENET1K_V2" in str(w.get("name")) else str(w.get("name"))
+    if w.get("kind") == "file":
+        return f"file:{str(w.get('sha256'))[:8]}"
+    return json.dumps(w, sort_keys=True)
+
+
+def _spec_summary(spec: dict) -> str:
+    """What tells namespaces apart, e.g. 'weights=random:0 fp32 224px direct bilinear fuse_bn'.
+
+    Reads the layout of pipeline.spec.feature_spec (weights, precision, preprocess.size, ...);
+    any other spec (a foreign or older writer) is listed as its flat key=value fields.
+    """
+    pre = spec.get("preprocess")
+    if not isinstance(pre, dict) or "weights" not in spec:
+        text = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(spec.items())
+                         if not isinstance(v, (dict, list)))
+        return text if len(text) <= 100 else text[:97] + "..."
+    size = pre.get("size") or ["?"]
+    side = f"{size[0]}px" if len(set(size)) == 1 else "x".join(map(str, size)) + "px"
+    parts = [f"weights={_weights_summary(spec['weights'])}", str(spec.get("precision")), side,
+             str(pre.get("resize")), str(pre.get("interpolation"))]
+    parts += [name for name in ("fuse_bn", "channels_last", "compile") if spec.get(name)]
+    if pre.get("antialias") is False:
+        parts.append("no-antialias")
+    if pre.get("background") not in (None, [255, 255, 255]):
+        parts.append("bg=#{:02x}{:02x}{:02x}".format(*pre["background"]))
+    if spec.get("device") not in (None, "cpu"):
+        parts.append(str(spec["device"]))
+    versions = spec.get("versions")
+    if isinstance(versions, dict) and "torch" in versions:
+        parts.append(f"torch{versions['torch']}")
+    return " ".join(parts)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -110,26 +145,50 @@ def verify(ctx: click.Context, store_path: Path, no_progress: bool, as_json: boo
 
 @store.command("prune")
 @STORE_ARG
-@click.option("--keep", multiple=True, metavar="FP",
-              help="Fingerprint (or unique prefix) to keep; repeatable.")
+@click.option("--keep", multiple=True, metavar="FP[,FP...]",
+              help="Fingerprint (or unique prefix) to keep; repeatable and/or comma-separated.")
 @click.option("--keep-current", is_flag=True,
-              help="Keep the namespace of the current extract config (see --config).")
+              help="Keep the namespace of the current extract config: --config plus the "
+                   "extract flags below (as `ssimcache extract` would build it).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              default=str(DEFAULT_CONFIG), show_default="configs/extract.json",
+              default=lambda: str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
+              show_default="configs/extract.json of this checkout if present, else built-in",
               help="Extract config used by --keep-current.")
+@spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print the removed fingerprints as JSON.")
-def prune(store_path: Path, keep: tuple[str, ...], keep_current: bool, config_path: str,
-          as_json: bool) -> None:
-    """Remove every namespace except the kept ones (then `compact` reclaims the space)."""
+def prune(store_path: Path, keep: tuple[str, ...], keep_current: bool, config_path: str | None,
+          as_json: bool, compile_: bool | None, **flags: object) -> None:
+    """Remove every namespace except the kept ones (then `compact` reclaims the space).
+
+    With --keep-current, the current config's namespace must be in the store; if it is not,
+    nothing is removed (a config that differs from the one that filled the store would
+    otherwise remove everything).
+    """
     from store.hdf5 import FeatureStore
-    if not keep and not keep_current:
+    given = {k: v for k, v in {**flags, "compile": compile_}.items() if v is not None}
+    if given and not keep_current:
+        raise click.UsageError(f"extract flags ({', '.join(sorted(given))}) only make sense "
+                               "with --keep-current")
+    wanted = [part.strip() for k in keep for part in k.split(",") if part.strip()]
+    if not wanted and not keep_current:
         raise click.UsageError("say what to keep: --keep FP (repeatable) and/or --keep-current")
     _require_exists(store_path)
-    with FeatureStore(store_path, mode="a") as fs:
+    # Before the write lock: the fingerprint needs torch only to read library versions.
+    current = _current_fingerprint(config_path, given) if keep_current else None
+    # Decide read-only first: a refused prune must leave the file byte-for-byte as it was.
+    with FeatureStore(store_path, mode="r") as fs:
         fps = fs.fingerprints()
-        kept = [_resolve(k, fps, "--keep") for k in keep]
-        if keep_current:
-            kept.append(_current_fingerprint(config_path))
+    kept = [_resolve(k, fps, "--keep") for k in wanted]
+    if current is not None:
+        if current not in fps:
+            have = ", ".join(fp[:12] for fp in fps) or "none"
+            raise click.ClickException(
+                f"--keep-current: the current extract config's namespace {current[:12]} is "
+                f"not in {store_path} (it has: {have}); nothing removed. Pass the flags the "
+                "store was filled with (--config, --weights, --image-size, ...) or --keep FP "
+                "(see `ssimcache store info`)")
+        kept.append(current)
+    with FeatureStore(store_path, mode="a") as fs:
         removed = fs.prune(kept)
     if as_json:
         click.echo(json.dumps({"removed": removed, "kept": sorted(set(kept) & set(fps))}))
@@ -140,12 +199,12 @@ def prune(store_path: Path, keep: tuple[str, ...], keep_current: bool, config_pa
                + ("; run `ssimcache store compact` to reclaim the space" if removed else ""))
 
 
-def _current_fingerprint(config_path: str) -> str:
+def _current_fingerprint(config_path: str | None, overrides: dict[str, object]) -> str:
     # Imported here: stage one (and torch version probing) only when this flag is used.
     from pipeline.config import build_config
     from pipeline.extract import ExtractConfig, feature_spec
     from store.keys import fingerprint
-    return fingerprint(feature_spec(build_config(ExtractConfig, config_path)))
+    return fingerprint(feature_spec(build_config(ExtractConfig, config_path, overrides)))
 
 
 @store.command("compact")
