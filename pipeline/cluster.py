@@ -55,6 +55,31 @@ def make_parcel(cfg: ExtractConfig, backbone: nn.Module | None, fp: str) -> Back
     return BackboneParcel(fp, cfg.weights, state_dict=sd)
 
 
+def check_dask_address(address: str) -> None:
+    """ClusterError unless `address` parses as a Dask scheduler address (tcp://HOST:PORT, ...).
+
+    Checked before any Client exists: Client("notaurl") raises a bare ValueError, and the
+    half-built Client then blocks for a minute in its finaliser."""
+    try:
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
+        from distributed.comm.registry import get_backend
+    except ImportError:
+        return  # _dask_engine says how to install it
+
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme)  # ValueError for an unknown scheme
+        if scheme != "inproc":
+            host, port = parse_host_port(location)
+            if not host or not port:
+                raise ValueError("missing host or port")
+    except ValueError as e:
+        raise ClusterError(f"--scheduler {address!r} is not a Dask scheduler address ({e}); "
+                           "use tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786 as printed by "
+                           "`dask scheduler`") from None
+
+
 @contextmanager
 def _dask_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
     try:
@@ -70,7 +95,7 @@ def _dask_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
             cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
                                    processes=True, host="127.0.0.1", dashboard_address=None)
             client = Client(cluster, set_as_default=False)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, ValueError) as e:
         raise ClusterError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one "
                            "with `dask scheduler` and workers with `dask worker ADDRESS`, "
                            "or fix --scheduler") from None
@@ -161,23 +186,29 @@ def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureS
         return extract(paths, store, cfg, backbone=backbone, progress=progress)
     from tqdm.auto import tqdm
 
+    if backend == "dask" and scheduler:
+        check_dask_address(scheduler)
     paths = [Path(p) for p in paths]
     spec = feature_spec(cfg)
     fp = fingerprint(spec)
+    # Weights first: a run that cannot load them fails before hashing everything and before
+    # the store (and its lock) is created.
+    parcel = make_parcel(cfg, backbone, fp) if paths else None
     own = not isinstance(store, FeatureStore)
     fs = FeatureStore(store, mode="a") if own else store
     try:
         t_start = time.perf_counter()
         ns = fs.namespace(fp) if fs.has_namespace(fp) else None
         plan = plan_work(paths, ns, cfg.n_workers())
-        todo = plan.todo
-        sink = _Sink(fs, ns, fp, spec, cfg.dtype, {p: k for k, p in todo.items()})
-        if todo:
-            tasks = shard([(p, k) for k, p in todo.items()], cfg.batch_size, shard_size)
-            with tqdm(total=len(todo), unit="img", desc=f"extract ({backend})",
+        # Absolute paths: workers run in their own cwd (another folder, another machine with
+        # the same mount), where a relative path names another file or none.
+        items = [(str(Path(p).absolute()), k) for k, p in plan.todo.items()]
+        sink = _Sink(fs, ns, fp, spec, cfg.dtype, dict(items))
+        if items and parcel is not None:
+            tasks = shard(items, cfg.batch_size, shard_size)
+            with tqdm(total=len(items), unit="img", desc=f"extract ({backend})",
                       disable=not progress, dynamic_ncols=True) as sink.bar:
-                _dispatch(backend, scheduler, local_workers, retries, cfg,
-                          make_parcel(cfg, backbone, fp), tasks, sink)
+                _dispatch(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink)
         elapsed = time.perf_counter() - t_start
     finally:
         if own:

@@ -201,12 +201,14 @@ def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: 
     paths = [Path(p) for p in paths]
     spec = feature_spec(cfg)
     fp = fingerprint(spec)
+    worker = worker or ExtractWorker(cfg, backbone=backbone)
+    if paths:
+        # Fail fast on weights or device before hashing a large folder, and before the
+        # store is opened: a run that cannot start must not leave an empty store + lock.
+        worker.prepare()
     own = not isinstance(store, FeatureStore)
     fs = FeatureStore(store, mode="a") if own else store
-    worker = worker or ExtractWorker(cfg, backbone=backbone)
     try:
-        if paths:
-            worker.prepare()  # fail fast on weights before hashing a large folder
         t_start = time.perf_counter()
         ns = fs.namespace(fp) if fs.has_namespace(fp) else None
         with tqdm(total=len(paths), unit="file", desc="hash", disable=not progress,

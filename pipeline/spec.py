@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,8 +66,8 @@ class ExtractConfig:
             parse_background(self.background)
         except PipelineError as e:
             raise ConfigError(str(e)) from None
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"device {self.device!r}: use 'cpu' or 'cuda[:N]'")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device {self.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 
     def n_workers(self) -> int:
         return self.workers or cpu_count()

@@ -305,3 +305,58 @@ def test_bench_cluster_runs_small_and_compares_with_local() -> None:
     assert result["dask"]["torch_threads_per_worker"] == [1]
     assert result["max_abs_diff_vs_local"] <= 1e-5  # workers match the local run's bits
     assert "overhead" in format_table(result)
+
+
+@pytest.mark.parametrize("address", ["notaurl", "tcp://host-without-port", "foo://h:1"])
+def test_bad_scheduler_address_is_refused_before_any_client(tmp_path, images, monkeypatch,
+                                                           address) -> None:
+    distributed = pytest.importorskip("dask.distributed")
+
+    def no_client(*a, **kw):  # a half-built Client blocks for a minute in its finaliser
+        raise AssertionError("a Client was created for a bad address")
+
+    monkeypatch.setattr(distributed, "Client", no_client)
+    with pytest.raises(ClusterError, match="is not a Dask scheduler address"):
+        extract_on_cluster(images, tmp_path / "s.h5", _cfg(), backend="dask",
+                           scheduler=address, progress=False)
+    assert not (tmp_path / "s.h5").exists()
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    res = CliRunner().invoke(cli, ["extract", str(images[0]), "--store", str(tmp_path / "c.h5"),
+                                   "--weights", "random:0", "--no-progress", "--backend", "dask",
+                                   "--scheduler", address])
+    assert res.exit_code == 1 and "Error: --scheduler" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_paths_reaching_workers_are_absolute(tmp_path, images, monkeypatch) -> None:
+    from pipeline.cluster_worker import run_shard
+
+    seen: list[str] = []
+
+    def in_process(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink):
+        for i, paths, keys in tasks:  # what an engine would hand to run_shard on a worker
+            seen.extend(paths)
+            sink.take(run_shard(i, paths, keys, cfg, parcel, sink.spec))
+
+    monkeypatch.setattr("pipeline.cluster._dispatch", in_process)
+    monkeypatch.chdir(images[0].parent)
+    rel = [Path(p.name) for p in images]
+    rep = extract_on_cluster(rel, tmp_path / "s.h5", _cfg(), backend="dask",
+                             backbone=TinyBackbone(), progress=False)
+    assert len(seen) == N_IMAGES + 1 and all(Path(p).is_absolute() for p in seen), seen
+    assert (rep.computed, rep.failed) == (N_IMAGES, 1)
+    assert rep.failures[0][0] == "broken.png"  # the report keeps the paths as given
+
+
+def test_offline_imagenet_fails_before_the_store_exists(tmp_path, images, monkeypatch) -> None:
+    from pipeline.errors import WeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("SSIMCACHE_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        extract_on_cluster(images, tmp_path / "s.h5", _cfg(weights="imagenet"),
+                           backend="dask", progress=False)
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.lock").exists()

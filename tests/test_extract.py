@@ -215,6 +215,28 @@ def test_config_file_matches_defaults_and_unknown_keys_fail(tmp_path: Path) -> N
     assert config_to_dict(dataclasses.replace(ExtractConfig(), batch_size=4))["batch_size"] == 4
 
 
+@pytest.mark.parametrize("device", ["cudax", "cuda:", "cuda:x", "gpu", "CPU", "cpu:0"])
+def test_device_must_be_cpu_cuda_or_cuda_n(device: str) -> None:
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'cpu', 'cuda' or 'cuda:N'"):
+        _cfg(device=device)
+    for ok in ("cpu", "cuda", "cuda:1"):
+        assert _cfg(device=ok).device == ok
+
+
+def test_offline_imagenet_leaves_no_store_file(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import WeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("SSIMCACHE_OFFLINE", "1")
+    paths = _images(tmp_path / "in", 2)
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        extract(paths, tmp_path / "f.h5", _cfg(weights="imagenet"), progress=False)
+    assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.lock").exists()
+
+
 def test_real_resnet_end_to_end_on_odd_modes(tmp_path: Path) -> None:
     """Real ResNet-50 (random:0, 32 px input): gray, RGBA, palette and 16-bit files."""
     d = tmp_path / "in"

@@ -55,6 +55,8 @@ def test_summary_json_report_and_strict(tmp_path: Path) -> None:
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "reason"] and rows[1][0] == str(d / "broken.png")
     res = run(cli, ["extract", str(d), "--store", str(store), *FAST, "--json"])
+    # without --report, stderr names each failed file and its reason
+    assert f"failed: {d / 'broken.png'}: " in res.stderr, res.stderr
     obj = json.loads(res.stdout)
     assert set(obj) == {"seen", "cached", "computed", "failed", "images_per_s", "fingerprint"}
     assert (obj["cached"], obj["computed"], obj["failed"]) == (3, 0, 1)
@@ -62,6 +64,17 @@ def test_summary_json_report_and_strict(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "--strict" in res.output
     (d / "broken.png").unlink()
     assert run(cli, ["extract", str(d), "--store", str(store), *FAST, "--strict"]).exit_code == 0
+
+
+def test_no_images_found_warns_and_strict_fails(tmp_path: Path) -> None:
+    d = tmp_path / "svgs"
+    d.mkdir()
+    (d / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    store = tmp_path / "f.h5"
+    res = CliRunner().invoke(cli, ["extract", str(d), "--store", str(store), *FAST])
+    assert res.exit_code == 0 and f"no images found in {d}" in res.stderr, res.output
+    res = CliRunner().invoke(cli, ["extract", str(d), "--store", str(store), *FAST, "--strict"])
+    assert res.exit_code == 1 and "no images found" in res.output
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
@@ -106,7 +119,8 @@ def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
             if not chunk:
                 break
             seen += chunk
-            done = [int(k) for k in re.findall(rb"(\d+)/%d" % n, seen)]
+            # only the extract bar: the hash bar's "40/40" comes before any commit
+            done = [int(k) for k in re.findall(rb"extract:[^\r\n]*?(\d+)/%d" % n, seen)]
             if done and max(done) >= 2:
                 proc.send_signal(signal.SIGKILL)
                 break

@@ -108,7 +108,7 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     from pipeline.config import build_config
     from pipeline.extract import ExtractConfig
     from pipeline.extract import extract as run_extract
-    from pipeline.images import expand_inputs
+    from pipeline.images import IMAGE_SUFFIXES, expand_inputs
 
     # Our own max_pixels guard rejects big images; Pillow's warning would only be noise.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -116,6 +116,11 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     if scheduler and backend == "local":
         raise click.BadParameter("needs --backend dask or ray", param_hint="--scheduler")
     paths = expand_inputs(images)
+    if not paths:  # e.g. a folder of .svg files: say so instead of a silent "seen 0"
+        click.echo(f"warning: no images found in {' '.join(images)} (looked for "
+                   f"{', '.join(sorted(IMAGE_SUFFIXES))})", err=True)
+        if strict:
+            raise click.ClickException("no images found and --strict is set")
     if backend == "local":
         report = run_extract(paths, store_path, cfg, progress=not no_progress)
     else:  # pipeline/cluster.py: shards to workers, results back, this process writes
@@ -126,8 +131,8 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     if report_path is not None:
         write_failure_report(report_path, report.failures)
     elif report.failures:
-        for _path, reason in report.failures[:10]:
-            click.echo(f"failed: {reason}", err=True)
+        for path, reason in report.failures[:10]:
+            click.echo(f"failed: {path}: {reason}", err=True)
         more = len(report.failures) - 10
         click.echo(f"... and {more} more" if more > 0 else "(use --report FILE for a CSV)",
                    err=True)
