@@ -131,6 +131,13 @@ def decode_image(data: bytes, max_pixels: int, background: tuple[int, int, int] 
     """
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
+    # Pillow refuses images over 2 x MAX_IMAGE_PIXELS (178,956,970 by default) inside open(),
+    # so a max_pixels above that could never be honoured. Our own check below reads the size
+    # from the header, before any pixel is decoded, so Pillow's limit only needs to follow
+    # ours upwards. The limit is process-wide; it only ever rises, so threads cannot undo it.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and max_pixels > limit:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:  # not an OSError: catch it by name

@@ -103,6 +103,21 @@ def imagenet_state_dict() -> dict[str, Any]:
         socket.setdefaulttimeout(old)
 
 
+def _load_error_detail(err: Exception) -> str:
+    """The useful part of torch.load's error, without its advice to load with
+    weights_only=False (that unpickles arbitrary code from a file we know nothing about)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if "WeightsUnpickler error:" in text:  # what the safe unpickler refused
+        rest = text.split("WeightsUnpickler error:", 1)[1]
+        lines = [ln.strip() for ln in rest.splitlines() if ln.strip()]
+        first = lines[0] if lines else "unsupported content"
+        return first.split(". Please use")[0].rstrip(".")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
+    if "weights_only" in first or "Weights only load failed" in first:
+        return "not a tensors-only torch checkpoint"
+    return first
+
+
 def file_state_dict(path: str | Path) -> dict[str, Any]:
     """A state dict file, loaded without unpickling code (weights_only=True)."""
     import torch
@@ -110,8 +125,9 @@ def file_state_dict(path: str | Path) -> dict[str, Any]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise WeightsError(f"weights file {path} cannot be loaded as a state dict ({e}); "
-                           "save it with torch.save(model.state_dict(), PATH)") from None
+        raise WeightsError(f"weights file {path} cannot be loaded as a state dict "
+                           f"({_load_error_detail(e)}); it must hold tensors only: save it with "
+                           "torch.save(model.state_dict(), PATH)") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

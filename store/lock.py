@@ -6,7 +6,7 @@ import errno
 import fcntl
 import os
 
-from store.errors import StoreError, StoreLockedError
+from store.errors import StoreError, StoreLockedError, StoreNotFoundError
 
 
 class WriterLock:
@@ -25,6 +25,11 @@ class WriterLock:
         """Take the lock or raise StoreLockedError naming the holder's pid, at once."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            folder = os.path.dirname(os.path.abspath(self.store_path))
+            raise StoreNotFoundError(
+                f"cannot open {self.store_path} for writing: its folder {folder} does not "
+                f"exist; create it first (mkdir -p {folder}) or pick another path") from None
         except OSError as e:
             raise StoreError(
                 f"cannot create the lock file {self.path} ({e.strerror}); the store's folder "

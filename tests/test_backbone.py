@@ -106,6 +106,25 @@ def test_bad_weight_files_raise_weights_error(tmp_path: Path) -> None:
         weights_identity(str(tmp_path / "missing.pt"))
 
 
+@pytest.mark.parametrize("content", ["module", "junk"])
+def test_weights_load_error_never_advises_weights_only_false(tmp_path: Path,
+                                                              content: str) -> None:
+    from pipeline.weights import file_state_dict
+
+    path = tmp_path / "w.pt"
+    if content == "module":  # a whole pickled model, the usual mistake
+        torch.save(torch.nn.Linear(2, 2), path)
+    else:
+        path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError) as e:
+        file_state_dict(path)
+    msg = str(e.value)
+    assert "torch.save(model.state_dict(), PATH)" in msg and str(path) in msg
+    assert "weights_only" not in msg and "False" not in msg and "\x1b" not in msg, msg
+    if content == "module":
+        assert "torch.nn.modules.linear.Linear" in msg  # says what it refused
+
+
 def test_imagenet_offline_fails_fast_naming_the_cache_path(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))

@@ -132,9 +132,22 @@ def test_bomb_guard_own_limit_and_pillow_error() -> None:
     # Below Pillow's warning limit but above ours: our guard must catch it before decoding.
     with pytest.raises(ImageError, match="too large"):
         decode_image(_bytes(Image.new("L", (200, 200))), max_pixels=10_000)
-    # Above 2x Pillow's MAX_IMAGE_PIXELS: DecompressionBombError (not an OSError) is caught.
+    # Over 2x Pillow's limit (which follows max_pixels up): its DecompressionBombError (not an
+    # OSError) is caught and reported like ours.
     with pytest.raises(ImageError, match="too large"):
-        decode_image(_png_header_only(20_000, 20_000), max_pixels=10**12)
+        decode_image(_png_header_only(20_000, 20_000), max_pixels=100_000_000)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_max_pixels_can_be_raised_beyond_pillows_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    bomb = _png_header_only(20_000, 10_000)  # 200M pixels > Pillow's 178,956,970 error limit
+    with pytest.raises(ImageError, match=r"too large \(20000x10000 = 200000000 pixels > "
+                                         r"max_pixels 150000000\)"):
+        decode_image(bomb, max_pixels=150_000_000)  # ours, from the header, before decoding
+    with pytest.raises(ImageError) as e:  # allowed: it gets to decoding (no real pixels here)
+        decode_image(bomb, max_pixels=300_000_000)
+    assert "too large" not in str(e.value) and "cannot decode" in str(e.value)
 
 
 def test_parse_background() -> None:

@@ -202,3 +202,12 @@ def test_threads_read_while_a_thread_writes(tmp_path):
             t.join()
         assert not errors, errors[0]
         assert ns.get_many(keys).tobytes() == vecs.tobytes()
+
+
+def test_missing_folder_is_named_not_called_unwritable(tmp_path):
+    path = tmp_path / "nodir" / "f.h5"
+    with pytest.raises(StoreNotFoundError) as e:
+        FeatureStore(path, mode="a")
+    msg = str(e.value)
+    assert f"{tmp_path / 'nodir'} does not exist" in msg and "mkdir -p" in msg
+    assert "writable" not in msg and not (tmp_path / "nodir").exists()
