@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import h5py
 
@@ -16,7 +14,6 @@ from store.errors import StoreCorruptError, StoreError, StoreFullError, StoreNot
 # What to tell the user when a file cannot be trusted.
 CORRUPT_ADVICE = ("move it aside and re-run extract, or restore a backup "
                   "(`ssimcache store verify` lists what is damaged)")
-T = TypeVar("T")
 _FULL_MARKERS = ("no space left", "file too large", "errno = 28", "errno = 27",
                  "disk quota", "errno = 122")
 
@@ -129,21 +126,3 @@ def sync(f: h5py.File) -> None:
     f.flush()
     os.fsync(f.id.get_vfd_handle())
 
-
-def retry_torn(read: Callable[[], T], writable: bool, attempts: int = 20,
-               pause: float = 0.01) -> T:
-    """Run `read()`; for a reader, retry a StoreCorruptError a few times before believing it.
-
-    A writer rewrites the last, partly filled chunk of a dataset in place when it appends; a
-    reader that reads that chunk at the same instant sees a torn chunk whose fletcher32
-    checksum fails. Re-reading a moment later gives the whole chunk. Real damage fails every
-    attempt and is raised. The writer itself never races with anybody, so it does not retry.
-    """
-    for attempt in range(1 if writable else attempts):
-        try:
-            return read()
-        except StoreCorruptError:
-            if writable or attempt == attempts - 1:
-                raise
-            time.sleep(pause)
-    raise AssertionError("unreachable")

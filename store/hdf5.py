@@ -22,7 +22,7 @@ from store.errors import (
 from store.fileio import create_h5, open_h5, sync, translated
 from store.lock import WriterLock
 from store.lru import LRUCache
-from store.namespace import DTYPES, Namespace, create_group
+from store.namespace import DTYPES, Namespace, create_group, repair_torn_tail
 
 _FP = re.compile(r"^[0-9A-Za-z_.:+-]{1,128}$")
 FORMAT = "ssimcache-feature-store"
@@ -54,6 +54,7 @@ class FeatureStore:
                     else create_h5(self.path)
                 self._check_format()
                 self._drop_incomplete()
+                self._repair_torn_tails()
             except BaseException:
                 self._close_file()
                 self._lock.release()
@@ -95,6 +96,16 @@ class FeatureStore:
                 del self._f[name]
             if stale:
                 sync(self._f)
+
+    def _repair_torn_tails(self) -> None:
+        """Chunks a killed append left with a stale fletcher32 are rewritten (namespace.py)."""
+        with translated(self.path, "repairing"):
+            repaired = [fp for fp in self.fingerprints() if repair_torn_tail(self._f[fp])]
+            if repaired:
+                sync(self._f)
+        if repaired:  # a fresh handle: this one still holds the refused chunks in its cache
+            self._close_file()
+            self._f = open_h5(self.path, "r+")
 
     # -- context / lifecycle ---------------------------------------------------------------
 

@@ -11,9 +11,16 @@ import h5py
 import numpy as np
 
 from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
-from store.fileio import CORRUPT_ADVICE, reserve, retry_torn, sync, translated
+from store.fileio import CORRUPT_ADVICE, reserve, sync, translated
 from store.keys import key_to_bytes, keys_to_bytes
-from store.rows import CHUNK_ROWS, ChunkMap, read_rows_h5, row_checksums
+from store.rows import (
+    CHUNK_ROWS,
+    ChunkMap,
+    read_block,
+    read_rows_h5,
+    rewrite_chunk_raw,
+    row_checksums,
+)
 
 if TYPE_CHECKING:
     from store.hdf5 import FeatureStore
@@ -42,6 +49,34 @@ def create_group(f: h5py.File, fp: str, spec: dict, dim: int, dtype: str) -> Non
     sync(f)
 
 
+def repair_torn_tail(g: h5py.Group) -> bool:
+    """Writer only, at open: rewrite the last committed chunk of each of the namespace's
+    datasets whose fletcher32 a killed append left stale (see rows.read_block), provided the
+    rows there pass their per-row checksums; anything else is real damage, left for `verify`
+    to list. Returns True when it rewrote something: the caller must then reopen the file,
+    since HDF5 keeps the refused chunk's state in this handle's chunk cache."""
+    n = int(g.attrs["committed"])
+    if n == 0:
+        return False
+    datasets = {name: g[name] for name in ("vectors", "keys", "checksums")}
+
+    def start(ds: h5py.Dataset) -> int:  # first row of the chunk holding row n - 1
+        return (n - 1) // ds.chunks[0] * ds.chunks[0]
+
+    torn = [name for name, ds in datasets.items() if not read_block(ds, start(ds), n)[1]]
+    if not torn:
+        return False
+    lo = min(start(ds) for ds in datasets.values())
+    rows = {name: read_block(ds, lo, n)[0] for name, ds in datasets.items()}
+    kbs = [k.tobytes() for k in rows["keys"]]
+    if not (row_checksums(kbs, rows["vectors"]) == rows["checksums"]).all():
+        return False
+    for name in torn:
+        ds = datasets[name]
+        rewrite_chunk_raw(ds, start(ds), rows[name][start(ds) - lo:])
+    return True
+
+
 class Namespace:
     """Keys and vectors of one fingerprint. Obtain it from `FeatureStore.namespace`."""
 
@@ -59,16 +94,15 @@ class Namespace:
             self._keyds: h5py.Dataset = g["keys"]
             self._sumds: h5py.Dataset = g["checksums"]
             self._check_layout(n)
+            # Raw bytes where a chunk was torn by a killed append (see rows.read_block); a
+            # reader racing the writer's append meets the same and reads the same bytes.
+            key_rows = read_block(self._keyds, 0, n)[0]
+            sums = read_block(self._sumds, 0, n)[0]
             if store.writable and self._vec.shape[0] > n:
                 # Rows past the counter are a batch a crash interrupted: drop them.
                 for ds in (self._vec, self._keyds, self._sumds):
                     ds.resize(n, axis=0)
-
-        def read_index() -> tuple[bytes, np.ndarray]:
-            with translated(store.path, f"opening namespace {fp[:12]} of"):
-                return self._keyds[:n].tobytes(), self._sumds[:n]
-
-        keys, sums = retry_torn(read_index, store.writable)
+        keys = key_rows.tobytes()
         self._g = g
         self._n = n
         # key digest -> row; built in one pass (about 0.3 s per million rows)
@@ -181,12 +215,9 @@ class Namespace:
             # through h5py (sorted unique rows, as it needs), which also checks fletcher32.
             redo = np.flatnonzero(~good)
             uniq, inverse = np.unique(rows[redo], return_inverse=True)
-            def read_h5() -> np.ndarray:
-                with self._store._h5lock, translated(self._path, "reading"):
-                    return read_rows_h5(self._vec, uniq)[inverse]
-
             try:
-                fresh = retry_torn(read_h5, self._store.writable)
+                with self._store._h5lock, translated(self._path, "reading"):
+                    fresh = read_rows_h5(self._vec, uniq)[inverse]
             except StoreCorruptError as e:
                 raise StoreCorruptError(self._corrupt_msg(kbs[redo[0]], str(e))) from None
             sums = row_checksums([kbs[i] for i in redo], fresh)

@@ -141,3 +141,41 @@ def test_full_disk_keeps_committed_rows(tmp_path, headroom):
     assert n == int(n_child) >= 30  # exactly what the writer last committed
     writer(path, [25])  # with space again the store takes more rows
     assert check_exact(path, "r") == n + 25
+
+
+@pytest.mark.parametrize("dataset", ["keys", "vectors", "checksums"])
+def test_append_torn_by_a_kill_leaves_committed_rows_readable_and_is_repaired(tmp_path, dataset):
+    """A SIGKILL can cut the in-place rewrite of the last, partly filled chunk short (the
+    kernel stops a write between pages): new row bytes land but the chunk's fletcher32 trailer
+    stays old. Rebuild exactly that state, then reopen."""
+    import h5py
+
+    path = str(tmp_path / "torn.h5")
+    writer(path, [10])  # 10 committed rows, all in the first (partial) chunk of each dataset
+    with h5py.File(path, "r", locking=False) as f:
+        info = f[FP][dataset].id.get_chunk_info(0)
+    with open(path, "rb") as fh:  # the chunk's stored fletcher32 trailer before the append
+        fh.seek(info.byte_offset + info.size - 4)
+        old_trailer = fh.read(4)
+    with h5py.File(path, "r+", locking=False) as f:  # the append, never committed
+        g = f[FP]
+        for name in ("vectors", "keys", "checksums"):
+            g[name].resize(15, axis=0)
+        g["vectors"][10:15] = expected(np.arange(10, 15))
+        g["keys"][10:15] = np.frombuffer(b"".join(bytes.fromhex(k) for k in KEYS[10:15]),
+                                         np.uint8).reshape(5, 32)
+        g["checksums"][10:15] = 12345
+    with h5py.File(path, "r", locking=False) as f:
+        info = f[FP][dataset].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:  # ... cut short before its last page: trailer stays old
+        fh.seek(info.byte_offset + info.size - 4)
+        fh.write(old_trailer)
+    with h5py.File(path, "r", locking=False) as f, pytest.raises(OSError):
+        f[FP][dataset][:10]  # plain HDF5 refuses the chunk now
+
+    assert check_exact(path, "r", verify=False) == 10  # a reader: committed rows exact
+    assert check_exact(path, "a") == 10  # the writer repairs; verify is clean
+    with h5py.File(path, "r", locking=False) as f:  # and plain h5py reads it again
+        assert f[FP][dataset].shape[0] == 10 and len(f[FP][dataset][:10]) == 10
+    writer(path, [7])  # appending after the repair works and stays exact
+    assert check_exact(path, "a") == 17
