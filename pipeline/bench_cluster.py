@@ -53,7 +53,7 @@ def run_bench(n_images: int = 200, repeats: int = 3, workers: int = 2, image_siz
         extract(paths[:2], tmp / "warm.h5", cfg, progress=False, worker=worker)  # warm-up
         t0 = time.perf_counter()
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster, \
+                          host="127.0.0.1", dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             start_s = time.perf_counter() - t0
             client.run(lambda: __import__("torch").get_num_threads())  # workers up

@@ -93,7 +93,7 @@ def _dask_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         else:  # no address: a throwaway local cluster, one single-threaded process per worker
             cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
-                                   processes=True, host="127.0.0.1", dashboard_address=None)
+                                   processes=True, host="127.0.0.1", dashboard_address=":0")
             client = Client(cluster, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         raise ClusterError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one "

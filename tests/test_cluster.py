@@ -66,7 +66,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def cluster():
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as c, \
+                                  host="127.0.0.1", dashboard_address=":0") as c, \
             distributed.Client(c) as client:
         yield c, client
 
