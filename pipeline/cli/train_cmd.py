@@ -17,20 +17,24 @@ def default_config(name: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
+# Where an unset extractor flag comes from, for every command that takes these flags.
+_FROM = "[default: the checkpoint's settings if one is given, else --extract-config]"
+
+
 def extractor_options(fn: Any) -> Any:
-    """--weights/--precision/--image-size/--extract-config: choose the feature namespace."""
+    """--weights/--precision/--image-size/--extract-config: choose the feature namespace
+    (train, evaluate, validate)."""
     for opt in reversed([
         click.option("--weights", default=None,
-                     help="Backbone weights: imagenet | PATH (state dict) | random:SEED "
-                          "[default: from --extract-config; for evaluate, the checkpoint's]"),
+                     help=f"Backbone weights: imagenet | PATH (state dict) | random:SEED {_FROM}"),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-                     help="Backbone precision [default: from the config / checkpoint]"),
+                     help=f"Backbone precision {_FROM}"),
         click.option("--image-size", type=click.IntRange(min=16), default=None,
-                     help="Model input size [default: from the config / checkpoint]"),
+                     help=f"Model input size {_FROM}"),
         click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
                      help="Extractor JSON config (as `ssimcache extract --config`) "
-                          "[default: configs/extract.json for train; the checkpoint's for "
-                          "evaluate]"),
+                          "[default: the checkpoint's settings if one is given, else "
+                          "configs/extract.json]"),
     ]):
         fn = opt(fn)
     return fn

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import click
 
-from pipeline.cli.train_cmd import default_config
+from pipeline.cli.train_cmd import default_config, extractor_options
 
 CHECK_NAMES = ("dimensions", "gradients", "memory", "performance", "stability", "robustness",
                "profile", "comparison")
@@ -37,25 +36,6 @@ def summary_table(report: dict) -> str:
                  f"{counts['skip']} skipped ({report['model']['source']}, "
                  f"{report['seconds']:.1f} s)")
     return "\n".join(lines)
-
-
-def extractor_options(fn: Any) -> Any:
-    """--weights/--precision/--image-size/--extract-config: the backbone and preprocessing."""
-    for opt in reversed([
-        click.option("--weights", default=None,
-                     help="Backbone weights: imagenet | PATH (state dict) | random:SEED "
-                          "[default: the checkpoint's; without one, configs/extract.json's]"),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-                     help="Recorded extractor precision (selects the store namespace; the "
-                          "validated model runs fp32) [default: the checkpoint's / config's]"),
-        click.option("--image-size", type=click.IntRange(min=16), default=None,
-                     help="Model input size [default: the checkpoint's / config's]"),
-        click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
-                     help="Extractor JSON config [default: the checkpoint's settings; "
-                          "without one, configs/extract.json]"),
-    ]):
-        fn = opt(fn)
-    return fn
 
 
 @click.command("validate")
