@@ -26,9 +26,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python data/build.py` without an installed package
 
-from pipeline.labels import label_images  # noqa: E402
-from pipeline.labels_csv import read_labels  # noqa: E402
-from pipeline.labels_write import append_labels  # noqa: E402
+from pipeline.labels.definition import label_images  # noqa: E402
+from pipeline.labels.writer import append_labels  # noqa: E402
+from pipeline.train.labels_csv import read_labels  # noqa: E402
 
 SIZE = 256
 # Skin-tone variants are near-duplicates of their base emoji; keep one variant per emoji.

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from pipeline.errors import CheckpointError
-from pipeline.head import HeadConfig, SSIMPredictor
-from pipeline.numpy_head import NumpyHead
+from pipeline.head.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor
+from pipeline.head.numpy_head import NumpyHead
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = HeadConfig(input_dim=64, hidden_dims=(32, 16))
@@ -144,8 +145,8 @@ def test_broken_files_are_checkpoint_errors(tmp_path):
 
 def test_reading_needs_no_torch(tmp_path):
     path = _save(tmp_path)
-    code = ("import sys\nfrom pipeline.checkpoint import load_checkpoint\n"
-            "from pipeline.numpy_head import NumpyHead\nimport numpy as np\n"
+    code = ("import sys\nfrom pipeline.head.checkpoint import load_checkpoint\n"
+            "from pipeline.head.numpy_head import NumpyHead\nimport numpy as np\n"
             f"c = load_checkpoint({str(path)!r})\n"
             "print(NumpyHead(c.numpy_head)(np.zeros((2, 64), np.float32)).shape)\n"
             "print('torch' in sys.modules)\n")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.labels import label_image
-from pipeline.labels_csv import read_labels
+from pipeline.labels.definition import label_image
+from pipeline.train.labels_csv import read_labels
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 FAMILIES = {"twemoji", "fluent_flat", "fluent_modern", "simple_icons", "photo"}

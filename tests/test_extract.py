@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.compute import ExtractWorker, compute_batch
 from pipeline.config import build_config, config_to_dict
 from pipeline.errors import ImageError
-from pipeline.extract import ExtractConfig, Runner, extract, feature_spec
-from pipeline.images import expand_inputs
+from pipeline.extract.runner import Runner, extract
+from pipeline.extract.spec import ExtractConfig, feature_spec
+from pipeline.extract.worker import ExtractWorker, compute_batch
+from pipeline.images.inputs import expand_inputs
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
 
@@ -180,7 +181,7 @@ def test_compute_batch_and_extract_agree_on_vectors(tmp_path: Path) -> None:
     cfg = _cfg(channels_last=False)
     r, _ = _run(paths, tmp_path / "f.h5", cfg)
     w = ExtractWorker(cfg, backbone=FakeBackbone())
-    import pipeline.compute as compute
+    import pipeline.extract.worker as compute
     compute._WORKERS[cfg] = w  # what compute_batch would build, with the fake backbone
     res = compute_batch(paths, cfg)
     with FeatureStore(tmp_path / "f.h5", mode="r") as fs:

@@ -17,8 +17,8 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.errors import ImageError, PipelineError
-from pipeline.labels import LABEL_MODULES, label_image, label_images
-from pipeline.labels_csv import read_labels
+from pipeline.labels.definition import LABEL_MODULES, label_image, label_images
+from pipeline.train.labels_csv import read_labels
 
 
 def _png(img: Image.Image) -> bytes:
@@ -178,7 +178,7 @@ def test_missing_labels_extra_is_one_clear_error(tmp_path, monkeypatch, module):
 # flush, no finally) when asked for image number KILL_AT (0-based): KILL_AT images are done.
 _KILLED_CHILD = """
 import os, signal, sys
-import pipeline.labels as L
+import pipeline.labels.definition as L
 from pipeline.cli import cli
 real, calls = L.label_image, [0]
 def label_then_die(path):

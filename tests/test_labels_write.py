@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.atomic import write_failure_report as write_report
 from pipeline.errors import LabelsError
-from pipeline.labels_csv import read_labels
-from pipeline.labels_write import LabelWriter, append_labels, existing_paths
+from pipeline.labels.writer import LabelWriter, append_labels, existing_paths
+from pipeline.train.labels_csv import read_labels
 
 
 def test_append_labels_header_once_relative_paths(tmp_path):

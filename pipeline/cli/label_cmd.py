@@ -35,9 +35,9 @@ def label(images: tuple[str, ...], out: Path, family: str, workers: int, report:
     from tqdm import tqdm
 
     from pipeline.atomic import write_failure_report
-    from pipeline.images import expand_inputs
-    from pipeline.labels import iter_labels, require_label_modules
-    from pipeline.labels_write import LabelWriter, existing_paths, relative_to_csv
+    from pipeline.images.inputs import expand_inputs
+    from pipeline.labels.definition import iter_labels, require_label_modules
+    from pipeline.labels.writer import LabelWriter, existing_paths, relative_to_csv
 
     require_label_modules()  # a missing extra is one error, not every image a report row
     paths = expand_inputs(images)

@@ -23,10 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.cluster_worker import BackboneParcel, RayParcelRef, ShardResult, run_shard
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractReport, build_report, extract, plan_work
-from pipeline.spec import ExtractConfig, feature_spec
+from pipeline.extract.cluster_worker import BackboneParcel, RayParcelRef, ShardResult, run_shard
+from pipeline.extract.runner import ExtractReport, build_report, extract, plan_work
+from pipeline.extract.spec import ExtractConfig, feature_spec
 from store.errors import StoreError
 from store.hdf5 import FeatureStore
 from store.keys import fingerprint
@@ -42,7 +42,7 @@ class ClusterError(PipelineError):
 def make_parcel(cfg: ExtractConfig, backbone: nn.Module | None, fp: str) -> BackboneParcel:
     """What workers need to build the backbone: nothing for random:SEED (each process builds
     the same init), the state dict for imagenet/PATH, or the injected module itself."""
-    from pipeline.weights import file_state_dict, imagenet_state_dict, is_random
+    from pipeline.extract.weights import file_state_dict, imagenet_state_dict, is_random
 
     # The fingerprint names the weights (random seed or file hash), so workers of a long-lived
     # cluster keep their built model from one run to the next (ResNet-50 init + BatchNorm

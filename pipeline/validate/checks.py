@@ -7,13 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.validate_common import (
-    CheckResult,
-    ValidateConfig,
-    call_model,
-    finite,
-    make_input,
-)
+from pipeline.validate.common import CheckResult, ValidateConfig, call_model, finite, make_input
 
 
 def check_dimensions(model: nn.Module, cfg: ValidateConfig) -> CheckResult:

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench_extract import _machine, make_pngs
-from pipeline.cluster import ClusterError, extract_on_cluster
-from pipeline.compute import ExtractWorker
-from pipeline.extract import extract
-from pipeline.spec import ExtractConfig
+from pipeline.bench.extract import _machine, make_pngs
+from pipeline.extract.cluster import ClusterError, extract_on_cluster
+from pipeline.extract.runner import extract
+from pipeline.extract.spec import ExtractConfig
+from pipeline.extract.worker import ExtractWorker
 from store.hdf5 import FeatureStore
 
 

@@ -60,7 +60,7 @@ class ExtractConfig:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold 3 values each, std > 0")
         from pipeline.errors import PipelineError
-        from pipeline.images import parse_background
+        from pipeline.images.decode import parse_background
 
         try:
             parse_background(self.background)
@@ -101,9 +101,9 @@ def feature_spec(cfg: ExtractConfig) -> dict[str, Any]:
     `store.keys.fingerprint(feature_spec(cfg))` names the namespace; options in NOT_IN_SPEC
     (batch size, workers, threads, limits) are left out so that tuning them keeps the cache.
     """
-    from pipeline.backbone import BACKBONE_ID
-    from pipeline.images import COLOUR_PIPELINE, parse_background
-    from pipeline.weights import weights_identity
+    from pipeline.extract.backbone import BACKBONE_ID
+    from pipeline.extract.weights import weights_identity
+    from pipeline.images.decode import COLOUR_PIPELINE, parse_background
 
     return {
         "backbone": BACKBONE_ID,

@@ -15,22 +15,22 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import config_to_dict
-from pipeline.validate_checks import check_dimensions, check_gradients, check_stability
-from pipeline.validate_common import (
+from pipeline.validate.checks import check_dimensions, check_gradients, check_stability
+from pipeline.validate.common import (
     ALL_CHECKS,
     CheckResult,
     ValidateConfig,
     ValidateError,
     all_cores,
 )
-from pipeline.validate_data import (
+from pipeline.validate.data import (
     LabeledFeatures,
     Preprocess,
     check_comparison,
     check_robustness,
     make_preprocess,
 )
-from pipeline.validate_perf import check_memory, check_performance, check_profile
+from pipeline.validate.perf import check_memory, check_performance, check_profile
 
 __all__ = ["ALL_CHECKS", "SCHEMA_VERSION", "ValidateConfig", "ValidateError", "LabeledFeatures",
            "make_preprocess", "model_summary", "run_validation"]
@@ -68,7 +68,7 @@ def run_validation(model: nn.Module, cfg: ValidateConfig | None = None, *,
                    preprocess: Preprocess | None = None,
                    source: str = "", progress: bool = False) -> dict[str, Any]:
     """Run the checks named in cfg.checks on `model` (forward(x) -> (pred (B,1), feats (B,D)))
-    and return the report dict (see pipeline/validate_schema.json). A check that raises is
+    and return the report dict (see pipeline/validate/schema.json). A check that raises is
     reported as failed with the exception; the model's train/eval mode is restored."""
     cfg = cfg or ValidateConfig()
     was_training = model.training
@@ -123,14 +123,14 @@ def load_model(checkpoint: str | None, extract_config: str | None = None,
                overrides: dict[str, Any] | None = None) -> tuple[nn.Module, Any, Any, str]:
     """(model, ExtractConfig, Checkpoint | None, source) for the CLI: the checkpoint's head and
     recorded extractor settings, or an untrained default head on configs/extract.json's."""
-    from pipeline.backbone import load_backbone
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig
-    from pipeline.features import extract_config_for
-    from pipeline.model import QualityPredictionModel
+    from pipeline.extract.backbone import load_backbone
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.head.model import QualityPredictionModel
+    from pipeline.train.features import extract_config_for
 
     if checkpoint is not None:
-        from pipeline.checkpoint import load_checkpoint
+        from pipeline.head.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
         ecfg = extract_config_for(ckpt.meta.get("extract_config", {}), extract_config, overrides)
@@ -154,7 +154,7 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
     else the labelled ones) and labelled vectors (--store --labels), run the suite."""
     import dataclasses
 
-    from pipeline.images import expand_inputs
+    from pipeline.images.inputs import expand_inputs
 
     if store is not None and labels is None:
         raise ValidateError("--store needs --labels: the architecture comparison trains heads "
@@ -164,13 +164,13 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
     paths: list[Path] = expand_inputs(images) if images else []
     rows = []
     if labels is not None:
-        from pipeline.labels_csv import read_labels
+        from pipeline.train.labels_csv import read_labels
 
         rows = read_labels(labels)
         paths = paths or [r.path for r in rows]
     labeled = None
     if store is not None and "comparison" in cfg.checks:
-        from pipeline.features import gather
+        from pipeline.train.features import gather
 
         got = gather(rows, store, ecfg, cached_only=cached_only, progress=progress,
                      expected_fingerprint=ckpt.fingerprint if ckpt is not None else None)

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
-from pipeline.metrics import metrics_report
-from pipeline.numpy_head import NumpyHead
-from pipeline.report import write_html, write_json
+from pipeline.head.checkpoint import load_checkpoint
+from pipeline.head.numpy_head import NumpyHead
+from pipeline.train.metrics import metrics_report
+from pipeline.train.report import write_html, write_json
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -34,9 +34,9 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
     """Predict every labelled image (extracting missing vectors with the checkpoint's extractor
     settings) and compute the metrics; `split` keeps only rows of that train-time split.
     Images that cannot be read are left out of the metrics and listed in `skipped`."""
-    from pipeline.features import extract_config_for, gather
-    from pipeline.labels_csv import read_labels
-    from pipeline.train import split_of
+    from pipeline.train.features import extract_config_for, gather
+    from pipeline.train.fit import split_of
+    from pipeline.train.labels_csv import read_labels
 
     if split not in SPLITS:
         raise PipelineError(f"split must be one of {SPLITS}, got {split!r}")

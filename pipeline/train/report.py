@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_write_text
-from pipeline.metrics import METRIC_KEYS
+from pipeline.train.metrics import METRIC_KEYS
 
 
 def write_json(path: str | Path, report: dict[str, Any]) -> Path:

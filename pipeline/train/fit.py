@@ -14,7 +14,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.head import HeadConfig, SSIMPredictor
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor
 
 
 @dataclass(frozen=True)
@@ -193,12 +194,12 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
     Returns a JSON-ready summary: checkpoint path, fingerprint, split sizes, best epoch,
     val/test metrics, skipped images, peak RSS.
     """
-    from pipeline.checkpoint import save_checkpoint
     from pipeline.config import config_to_dict
-    from pipeline.extract import feature_spec
-    from pipeline.features import gather
-    from pipeline.labels_csv import read_labels
-    from pipeline.metrics import metrics_report
+    from pipeline.extract.spec import feature_spec
+    from pipeline.head.checkpoint import save_checkpoint
+    from pipeline.train.features import gather
+    from pipeline.train.labels_csv import read_labels
+    from pipeline.train.metrics import metrics_report
 
     rows = read_labels(labels_csv)
     data = gather(rows, store_path, extract_cfg, cached_only=cached_only, progress=progress,

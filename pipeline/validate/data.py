@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 from pipeline.errors import ImageError
-from pipeline.images import decode_image, resize_rgb
-from pipeline.metrics import compute_metrics
-from pipeline.spec import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.validate_common import CheckResult, ValidateConfig, ValidateError, call_model
+from pipeline.extract.spec import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.images.decode import decode_image, resize_rgb
+from pipeline.train.metrics import compute_metrics
+from pipeline.validate.common import CheckResult, ValidateConfig, ValidateError, call_model
 
 Preprocess = Callable[[Image.Image], torch.Tensor]  # RGB image -> (3, S, S)
 
@@ -135,7 +135,7 @@ def _r(v: float | None) -> float | None:
 def check_comparison(cfg: ValidateConfig, data: LabeledFeatures | None) -> CheckResult:
     """Train each head config with stage two's `train_head` on one key-hash split (train /
     val for early stopping / test); parameters, train time, validation and test metrics."""
-    from pipeline.train import TrainConfig, predict, split_keys, train_head
+    from pipeline.train.fit import TrainConfig, predict, split_keys, train_head
 
     res = CheckResult("comparison")
     if data is None:
@@ -181,7 +181,7 @@ def check_comparison(cfg: ValidateConfig, data: LabeledFeatures | None) -> Check
     best = min(finite_rows, key=lambda r: r[4])[0] if finite_rows else None
     res.figures.update({"rows": {k: int(v.sum()) for k, v in parts.items()},
                         "max_epochs": cfg.compare_epochs, "best_by_val_mae": best,
-                        "trainer": "pipeline.train.train_head (AdamW, cosine, early stopping)"})
+                        "trainer": "pipeline.train.fit.train_head (AdamW, cosine, early stopping)"})
     res.summary = (f"{len(rows)} heads on {int(parts['train'].sum())} train / "
                    f"{int(parts['val'].sum())} val rows; lowest val MAE: {best}")
     return res

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.labels_csv import LabelRow
+from pipeline.train.labels_csv import LabelRow
 from store.errors import StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.keys import content_key
@@ -67,7 +67,7 @@ def extract_flags(cfg: Any) -> str:
     """`ssimcache extract` flags that select `cfg`'s namespace: weights, precision and image
     size always, other fingerprint fields where they differ from configs/extract.json."""
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract.spec import ExtractConfig
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "extract.json"
     base = build_config(ExtractConfig, shipped if shipped.is_file() else None)
@@ -102,7 +102,8 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
     store first (torch), or with `cached_only` listed in a PipelineError. Images that fail to
     decode are skipped and listed in `skipped` (path, reason), never a crash.
     `expected_fingerprint` (a checkpoint's) is checked before any work."""
-    from pipeline.extract import extract, feature_spec
+    from pipeline.extract.runner import extract
+    from pipeline.extract.spec import feature_spec
     from store.keys import fingerprint
 
     fp = fingerprint(feature_spec(extract_cfg))
@@ -153,7 +154,7 @@ def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = N
     import json
 
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract.spec import ExtractConfig
 
     merged = dict(saved)
     if config_path is not None:

@@ -21,10 +21,10 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
-from pipeline.head_config import HeadConfig
+from pipeline.head.config import HeadConfig
 
 if TYPE_CHECKING:  # torch stays out of the cached scoring path
-    from pipeline.head import SSIMPredictor
+    from pipeline.head.mlp import SSIMPredictor
 
 FORMAT = "ssimcache-head/1"
 LABEL_DEFINITION = (
@@ -64,7 +64,7 @@ class Checkpoint:
         """
         import torch
 
-        from pipeline.head import SSIMPredictor
+        from pipeline.head.mlp import SSIMPredictor
 
         head = SSIMPredictor(self.head_config)
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in self.state.items()}

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.backbone import load_backbone
-from pipeline.compute import ExtractWorker
-from pipeline.extract import extract
-from pipeline.spec import ExtractConfig, cpu_count
+from pipeline.extract.backbone import load_backbone
+from pipeline.extract.runner import extract
+from pipeline.extract.spec import ExtractConfig, cpu_count
+from pipeline.extract.worker import ExtractWorker
 from store.hdf5 import FeatureStore
 
 MODES = {

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models import resnet50
 
 from pipeline.errors import WeightsError
-from pipeline.weights import file_state_dict, imagenet_state_dict, is_random
+from pipeline.extract.weights import file_state_dict, imagenet_state_dict, is_random
 
 FEATURE_DIM = 2048
 BACKBONE_ID = "torchvision.resnet50/avgpool"

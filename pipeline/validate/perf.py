@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.validate_common import (
+from pipeline.validate.common import (
     CheckResult,
     ValidateConfig,
     all_cores,

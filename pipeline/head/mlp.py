@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.head_config import HeadConfig
+from pipeline.head.config import HeadConfig
 
 __all__ = ["HeadConfig", "SSIMPredictor", "count_parameters", "summary", "format_summary"]
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from pipeline.compute import BatchResult, ExtractWorker, compute_batch, failure_reason
 from pipeline.errors import ImageError
-from pipeline.spec import ExtractConfig, feature_spec
+from pipeline.extract.spec import ExtractConfig, feature_spec
+from pipeline.extract.worker import BatchResult, ExtractWorker, compute_batch, failure_reason
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
 

@@ -1,4 +1,4 @@
-"""Validation reports: JSON (checked against validate_schema.json) and HTML with embedded plots."""
+"""Validation reports: JSON (checked against schema.json) and HTML with embedded plots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.atomic import atomic_write_text
 
-SCHEMA_PATH = Path(__file__).with_name("validate_schema.json")
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 _TYPES: dict[str, Any] = {
     "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbone import fuse_conv_bn, load_backbone
 from pipeline.errors import ConfigError, ImageError
-from pipeline.images import decode_image, parse_background, resize_rgb
-from pipeline.spec import ExtractConfig
+from pipeline.extract.backbone import fuse_conv_bn, load_backbone
+from pipeline.extract.spec import ExtractConfig
+from pipeline.images.decode import decode_image, parse_background, resize_rgb
 from store.keys import content_key
 
 

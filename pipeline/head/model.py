@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.backbone import load_backbone
 from pipeline.errors import ConfigError
-from pipeline.head import HeadConfig, SSIMPredictor
+from pipeline.extract.backbone import load_backbone
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor
 
 # `pretrained: True` means ImageNet weights, which cannot be downloaded on offline machines;
 # this variable maps it to another weights spec (tests and CI set it to "random:0").
@@ -62,7 +63,7 @@ class QualityPredictionModel(nn.Module):
     def from_checkpoint(cls, path: str, backbone: nn.Module | None = None
                         ) -> QualityPredictionModel:
         """Backbone from the weights recorded in the checkpoint, head from its tensors."""
-        from pipeline.checkpoint import load_checkpoint
+        from pipeline.head.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
         head, _ = ckpt.build_head(strict=True)

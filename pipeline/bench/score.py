@@ -31,8 +31,8 @@ def build_fixture(workdir: Path, n_keys: int, seed: int = 0) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.head import SSIMPredictor
+    from pipeline.head.checkpoint import save_checkpoint
+    from pipeline.head.mlp import SSIMPredictor
     from store.hdf5 import FeatureStore
     from store.keys import content_key, fingerprint
 

@@ -65,7 +65,7 @@ def builds() -> int:
 
 
 def _from_state_dict(state_dict: dict[str, Any], cfg: Any) -> Any:
-    from pipeline.backbone import ResNetFeatureExtractor
+    from pipeline.extract.backbone import ResNetFeatureExtractor
 
     return ResNetFeatureExtractor(state_dict).eval()
 
@@ -141,7 +141,7 @@ def _cache_key(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> tuple[str, An
 def _extract_worker(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> Any:
     """The prepared ExtractWorker for this parcel and config in this process, built on first
     use and kept for later runs of the same fingerprint (only the latest one is kept)."""
-    from pipeline.compute import ExtractWorker
+    from pipeline.extract.worker import ExtractWorker
 
     key = _cache_key(parcel, cfg)
     with _LOCK:
@@ -183,7 +183,7 @@ def worker_threads(cfg: Any) -> int:
     try:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
-        from pipeline.spec import cpu_count
+        from pipeline.extract.spec import cpu_count
 
         return cpu_count()
 
@@ -191,7 +191,7 @@ def worker_threads(cfg: Any) -> int:
 def worker_fingerprint(cfg: Any, driver_spec: dict[str, Any]) -> str:
     """The fingerprint this process would compute for `cfg`, weights identity taken from the
     driver: a weights file need not exist here, but versions and preprocessing code must match."""
-    from pipeline.spec import feature_spec
+    from pipeline.extract.spec import feature_spec
     from store.keys import fingerprint
 
     spec = feature_spec(replace(cfg, weights="random:0"))  # no file read for the identity

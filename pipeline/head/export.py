@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path
-from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
+from pipeline.head.checkpoint import load_checkpoint
 
 TOLERANCE = 1e-5
 # torch.onnx writes the file with `onnx`; the parity check runs it with `onnxruntime`. Both are
@@ -61,7 +61,7 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
     ckpt = load_checkpoint(checkpoint)
     gen = torch.Generator().manual_seed(0)
     if full:
-        from pipeline.model import QualityPredictionModel, SSIMOnly
+        from pipeline.head.model import QualityPredictionModel, SSIMOnly
 
         model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(str(checkpoint),
                                                                            backbone=backbone))
