@@ -18,6 +18,7 @@ from pipeline.head.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
 from pipeline.head.numpy_head import NumpyHead
+from pipeline.labels.definition import LABEL_DEFINITION
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = HeadConfig(input_dim=64, hidden_dims=(32, 16))
@@ -58,7 +59,7 @@ def test_round_trip_identical_predictions(tmp_path):
     assert meta["feature_spec"] == SPEC and meta["train_config"] == {"epochs": 3}
     assert meta["metrics"]["val"]["mae"] == 0.1
     assert {"torch", "numpy", "python"} <= set(meta["versions"]) and meta["created"]
-    assert "VTracer" in meta["label"]
+    assert meta["label"] == LABEL_DEFINITION  # the one definition, svg_bytes included
     assert ckpt.head_config == CFG
     assert [p.name for p in tmp_path.iterdir()] == ["head.safetensors"], "no temp files left"
 

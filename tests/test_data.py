@@ -56,7 +56,7 @@ def test_stored_labels_match_the_label_definition(rows):
     for r in rows:
         firsts.setdefault(r.family, r)
     for r in firsts.values():
-        assert label_image(r.path) == pytest.approx(r.ssim, abs=2e-6), r.path
+        assert label_image(r.path).ssim == pytest.approx(r.ssim, abs=2e-6), r.path
 
 
 def test_readme_distribution_matches_csv(rows):

@@ -15,12 +15,12 @@ from torch import nn
 
 from pipeline.errors import ImageError
 from pipeline.extract.spec import ExtractConfig, feature_spec
-from pipeline.extract.worker import BatchResult, ExtractWorker, compute_batch, failure_reason
+from pipeline.extract.worker import BatchResult, ExtractWorker, failure_reason
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
 
 __all__ = ["ExtractConfig", "ExtractReport", "ExtractWorker", "BatchResult", "Runner", "WorkPlan",
-           "build_report", "compute_batch", "extract", "feature_spec", "hash_inputs", "plan_work"]
+           "build_report", "extract", "feature_spec", "hash_inputs", "plan_work"]
 
 
 @dataclass

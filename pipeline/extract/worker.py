@@ -20,8 +20,9 @@ from torch import nn
 
 from pipeline.errors import ConfigError, ImageError
 from pipeline.extract.backbone import fuse_conv_bn, load_backbone
+from pipeline.extract.preprocess import Preprocess
 from pipeline.extract.spec import ExtractConfig
-from pipeline.images.decode import decode_image, parse_background, resize_rgb
+from pipeline.images.inputs import read_file
 from store.keys import content_key
 
 
@@ -47,15 +48,12 @@ class ExtractWorker:
     def __init__(self, cfg: ExtractConfig, backbone: nn.Module | None = None,
                  builder: Callable[[ExtractConfig], nn.Module] = load_backbone) -> None:
         self.cfg = cfg
-        self.background = parse_background(cfg.background)
+        self.pre = Preprocess(cfg)
         self._backbone = backbone
         self._builder = builder
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.device = torch.device(cfg.device)
-        # (1, 3, 1, 1) so that they broadcast over an NCHW batch of either memory format
-        self._mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     # Pickling (Dask): ship the config and builder, never a model or a thread pool.
     def __getstate__(self) -> dict[str, Any]:
@@ -102,29 +100,15 @@ class ExtractWorker:
         The key is recomputed from the bytes actually decoded, so a file rewritten after it
         was hashed can never store its vector under the old content's key.
         """
-        cfg = self.cfg
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+        data = read_file(path)
         actual = content_key(data)
         if key is not None and actual != key:
             raise ImageError(f"{path}: file changed while extracting; run extract again")
-        img = decode_image(data, cfg.max_pixels, self.background, name=str(path))
-        return actual, resize_rgb(img, cfg.image_size, cfg.resize, cfg.interpolation,
-                                  cfg.antialias)
+        return actual, self.pre.resize(self.pre.decode(data, name=str(path)))
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the device.
-
-        The NHWC -> NCHW permute is a view whose strides already are channels_last, so with
-        channels_last no copy is made; otherwise `.contiguous()` makes it plain NCHW.
-        """
-        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)  # (B, 3, S, S) view
-        if not self.cfg.channels_last:
-            x = x.contiguous()
-        x = x.float().div_(255.0)
-        return x.sub_(self._mean.to(self.device)).div_(self._std.to(self.device))
+        """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the device."""
+        return self.pre.to_tensor(batch, self.device)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (B, S, S, 3) -> float32 (B, D) vectors."""
@@ -171,15 +155,3 @@ class ExtractWorker:
             vectors = np.zeros((0, getattr(self._backbone, "feature_dim", 2048)), np.float32)
         t2 = time.perf_counter()
         return BatchResult(ok_keys, vectors, failures, {"decode_s": t1 - t0, "model_s": t2 - t1})
-
-
-_WORKERS: dict[ExtractConfig, ExtractWorker] = {}
-
-
-def compute_batch(paths: Sequence[str | Path], cfg: ExtractConfig,
-                  keys: Sequence[str] | None = None) -> BatchResult:
-    """Module-level step for process pools / Dask tasks (one cached worker per config)."""
-    worker = _WORKERS.get(cfg)
-    if worker is None:
-        worker = _WORKERS[cfg] = ExtractWorker(cfg)
-    return worker.compute(paths, keys)

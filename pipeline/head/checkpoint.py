@@ -22,16 +22,12 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
 from pipeline.head.config import HeadConfig
+from pipeline.labels.definition import LABEL_DEFINITION
 
 if TYPE_CHECKING:  # torch stays out of the cached scoring path
     from pipeline.head.mlp import SSIMPredictor
 
 FORMAT = "ssimcache-head/1"
-LABEL_DEFINITION = (
-    "SSIM (Wang et al. 2004) between the raster and its VTracer (default parameters) SVG rendered "
-    "by resvg at the raster's size on white; luma, 11x11 Gaussian window, sigma 1.5, "
-    "K1 0.01, K2 0.03, data range 255; alpha composited on white")
-
 
 @dataclass
 class Checkpoint:

@@ -10,6 +10,10 @@ from PIL import Image, ImageColor, ImageOps
 
 from pipeline.errors import ImageError, PipelineError
 
+# Stage one's and labelling's pixel guard: larger images fail before their pixels are decoded.
+DEFAULT_MAX_PIXELS = 64_000_000
+WHITE = (255, 255, 255)
+
 # Bumped whenever decode_image's colour handling changes: it is part of the fingerprint.
 COLOUR_PIPELINE = "rgb8-v1: exif-transpose; first frame; alpha/transparency composited on " \
                   "background; 16-bit /257; CMYK/YCbCr/LAB via Pillow convert; gray->RGB"
@@ -37,7 +41,7 @@ def parse_background(value: str | Iterable[int]) -> tuple[int, int, int]:
     return (rgb[0], rgb[1], rgb[2])
 
 
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, compositing transparency on `background`."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
@@ -59,7 +63,8 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, max_pixels: int, background: tuple[int, int, int] = (255, 255, 255),
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 background: tuple[int, int, int] = WHITE,
                  name: str = "<bytes>") -> Image.Image:
     """Encoded bytes -> RGB image (EXIF-rotated, first frame). Raises ImageError with the reason.
 
@@ -94,7 +99,7 @@ def decode_image(data: bytes, max_pixels: int, background: tuple[int, int, int] 
         img.seek(0)  # GIF/TIFF: the first frame
         img.load()  # inside the try: truncation and decoder errors surface here
         img = ImageOps.exif_transpose(img)
-        rgb = _to_rgb(img, background)
+        rgb = to_rgb(img, background)
         rgb.load()
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: too large ({e})") from None

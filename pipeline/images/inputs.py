@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ImageError, PipelineError
 
 # Suffixes picked up when a folder is expanded; explicitly named files are kept whatever
 # their suffix (a non-image then becomes a failure row, not a silent skip).
@@ -68,3 +70,47 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
             seen.add(rp)
             unique.append(p)
     return unique
+
+
+# Files larger than this are refused before they are read: no image within the pixel guard
+# (64 MP, e.g. an uncompressed RGBA BMP of 256 MB) comes near it, and reading a 2 GB file whole
+# into memory to find that out would be the real damage.
+MAX_FILE_BYTES = 1 << 30
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, read with a bound; ImageError naming the path otherwise.
+
+    Opened with O_NONBLOCK so that a FIFO cannot block the open, then refused by its type, as
+    are devices (/dev/zero would never end), sockets and directories.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ImageError(f"{path}: is {_kind(st.st_mode)}; only regular files are read")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > max_bytes:
+            raise ImageError(f"{path}: file is {st.st_size:,} bytes, over the {max_bytes:,}-byte "
+                             "limit for one image")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) > max_bytes:  # grew while being read
+        raise ImageError(f"{path}: file grew past the {max_bytes:,}-byte limit while being read")
+    return data

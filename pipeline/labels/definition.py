@@ -1,4 +1,5 @@
-"""The label: SSIM between an image and its VTracer vectorization rendered back by resvg."""
+"""The label: SSIM between an image and its VTracer vectorization rendered back by resvg, and
+the size in bytes of that SVG."""
 
 from __future__ import annotations
 
@@ -8,22 +9,27 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline.errors import ImageError, PipelineError
+from pipeline.images.decode import DEFAULT_MAX_PIXELS, WHITE, decode_image, to_rgb
+from pipeline.images.inputs import read_file
 
-# Written into reports (and checkpoints, by stage two) so a label is never reused under a
-# different definition without it showing.
+# Written into reports and checkpoints so a label is never reused under a different
+# definition without it showing. Decoding is stage one's decoder (pipeline.images.decode) with
+# a white background, so a label and a feature vector describe the same pixels.
 LABEL_DEFINITION: dict[str, object] = {
     "name": "ssim_after_vectorization",
-    "flatten": "alpha composited on white, RGB",
+    "flatten": "pipeline.images.decode.decode_image: alpha composited on white, RGB",
     "vectorizer": "vtracer.convert_raw_image_to_svg(png, img_format='png'), default parameters",
     "renderer": "resvg_py.svg_to_bytes at the raster's width x height, background white",
     "ssim": "skimage structural_similarity on PIL 'L' luma, gaussian 11x11 sigma 1.5, "
     "K1 0.01, K2 0.03, data_range 255, use_sample_covariance False",
+    "svg_bytes": "len(svg.encode('utf-8')) of the same default-parameter VTracer SVG",
 }
 
 # Imported by the label itself; checked before a run so a missing extra is one clear error,
@@ -34,11 +40,19 @@ LABEL_MODULES = ("vtracer", "resvg_py", "skimage.metrics")
 MIN_SIDE = 7
 
 
+@dataclass(frozen=True)
+class Label:
+    """The two targets of one image: SSIM after vectorization and the SVG's size in bytes."""
+
+    ssim: float
+    svg_bytes: int
+
+
 @dataclass
 class LabelResult:
     """What a labelling run produced: ok rows in input order, and failures as report rows."""
 
-    labels: list[tuple[Path, float]] = field(default_factory=list)
+    labels: list[tuple[Path, Label]] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -57,35 +71,13 @@ def require_label_modules() -> None:
         )
 
 
-def flatten_on_white(image: Image.Image) -> Image.Image:
-    """Return an RGB image with any transparency composited onto white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: Pillow's convert would clip at 255; scale to 8 bits instead.
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def decode_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Decode a file path or encoded bytes into an RGB image flattened on white."""
+def decode_for_label(source: str | os.PathLike | bytes,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A file path or encoded bytes -> RGB on white, through stage one's decoder and its
+    pixel guard; ImageError (naming the file) if unreadable, too large or too small."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        raw = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(raw) as img:
-            img.load()
-            # The orientation a viewer shows (and stage one extracts) is the one labelled.
-            rgb = flatten_on_white(ImageOps.exif_transpose(img))
-    except FileNotFoundError as e:
-        raise ImageError(f"{name}: file not found; check the path") from e
-    except Image.UnidentifiedImageError as e:  # Pillow's message repeats the path
-        raise ImageError(f"{name}: cannot decode image (format not recognised); remove or "
-                         "re-export the file") from e
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name}: cannot decode image ({e}); remove or re-export the file") from e
+    data = source if isinstance(source, bytes) else read_file(source)
+    rgb = decode_image(data, max_pixels, WHITE, name=name)
     if min(rgb.size) < MIN_SIDE:
         raise ImageError(
             f"{name}: image is {rgb.size[0]}x{rgb.size[1]}, SSIM needs at least "
@@ -94,23 +86,28 @@ def decode_image(source: str | os.PathLike | bytes) -> Image.Image:
     return rgb
 
 
-def vectorize_and_render(rgb: Image.Image) -> Image.Image:
-    """VTracer (defaults) on the RGB raster, rendered by resvg on white at the same size."""
-    import resvg_py
+def vectorize(rgb: Image.Image) -> str:
+    """VTracer with its default parameters on the RGB raster -> SVG text."""
     import vtracer
 
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
-    svg = vtracer.convert_raw_image_to_svg(buf.getvalue(), img_format="png")
-    width, height = rgb.size
+    return vtracer.convert_raw_image_to_svg(buf.getvalue(), img_format="png")
+
+
+def render(svg: str, size: tuple[int, int]) -> Image.Image:
+    """resvg render of `svg` at `size` (width, height) on white -> RGB."""
+    import resvg_py
+
+    width, height = size
     png = resvg_py.svg_to_bytes(svg_string=svg, width=width, height=height, background="white")
     with Image.open(io.BytesIO(bytes(png))) as out:
-        rendered = flatten_on_white(out)
-    if rendered.size != rgb.size:
+        rendered = to_rgb(out, WHITE)
+    if rendered.size != size:
         # VTracer writes width/height equal to the raster, so resvg renders at exactly that
         # size; resvg keeps the aspect ratio when asked for another, so a mismatch would only
         # be rounding. Resize deterministically rather than fail (documented in data/README.md).
-        rendered = rendered.resize(rgb.size, Image.Resampling.BICUBIC)
+        rendered = rendered.resize(size, Image.Resampling.BICUBIC)
     return rendered
 
 
@@ -126,26 +123,26 @@ def ssim_luma(a: Image.Image, b: Image.Image) -> float:
     return float(value)
 
 
-def label_image(source: str | os.PathLike | bytes) -> float:
-    """The label of one image file (or its encoded bytes), in [-1, 1]; ImageError if unusable."""
-    rgb = decode_image(source)
+def label_image(source: str | os.PathLike | bytes,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Label:
+    """The label of one image file (or its encoded bytes); ImageError if unusable."""
+    rgb = decode_for_label(source, max_pixels)
     try:
-        rendered = vectorize_and_render(rgb)
-    except ImageError:
-        raise
+        svg = vectorize(rgb)
+        rendered = render(svg, rgb.size)
     except Exception as e:  # vtracer/resvg raise their own (untyped) errors
         name = "<bytes>" if isinstance(source, bytes) else str(source)
         raise ImageError(f"{name}: vectorize/render failed ({e})") from e
-    return ssim_luma(rgb, rendered)
+    return Label(ssim=ssim_luma(rgb, rendered), svg_bytes=len(svg.encode("utf-8")))
 
 
-def _label_or_reason(path: Path) -> tuple[float | None, str]:
+def _label_or_reason(path: Path, max_pixels: int) -> tuple[Label | None, str]:
     """Worker body: never raises for a bad image, so one file cannot stop the pool.
 
     The reason leaves out the path: report rows and CLI lines already carry it.
     """
     try:
-        return label_image(path), ""
+        return label_image(path, max_pixels), ""
     except ImageError as e:
         reason = str(e)
         prefix = f"{path}: "
@@ -155,8 +152,8 @@ def _label_or_reason(path: Path) -> tuple[float | None, str]:
 
 
 def iter_labels(
-    paths: Sequence[Path], workers: int = 1
-) -> Iterator[tuple[Path, float | None, str]]:
+    paths: Sequence[Path], workers: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[Path, Label | None, str]]:
     """Yield (path, label or None, failure reason) in input order, each as soon as it and the
     ones before it are done, across `workers` processes (1 = in this process).
 
@@ -164,14 +161,15 @@ def iter_labels(
     generator early (an interrupted caller) cancels the pending images.
     """
     require_label_modules()
-    outcomes: Iterable[tuple[float | None, str]]
+    outcomes: Iterable[tuple[Label | None, str]]
+    one = partial(_label_or_reason, max_pixels=max_pixels)
     if workers <= 1 or len(paths) <= 1:
-        outcomes = map(_label_or_reason, paths)
+        outcomes = map(one, paths)
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=workers)
         # Small chunks: per-image cost varies 100x (flat icon vs photo), big chunks straggle.
-        outcomes = pool.map(_label_or_reason, paths, chunksize=2)
+        outcomes = pool.map(one, paths, chunksize=2)
     try:
         for path, (value, reason) in zip(paths, outcomes, strict=True):
             yield path, value, reason
@@ -184,13 +182,14 @@ def label_images(
     paths: Sequence[Path],
     workers: int = 1,
     on_done: Callable[[int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LabelResult:
     """Label many images, in input order, across `workers` processes (1 = in this process).
 
     `on_done(n)` is called as results arrive (progress bars advance with it).
     """
     result = LabelResult()
-    for path, value, reason in iter_labels(paths, workers):
+    for path, value, reason in iter_labels(paths, workers, max_pixels):
         if value is None:
             result.failures.append((path, reason))
         else:

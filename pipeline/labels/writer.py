@@ -1,6 +1,6 @@
-"""Write label CSVs (`path,ssim,family`, paths relative to the CSV's folder) and failure reports.
+"""Append label CSV rows (`path,ssim,svg_bytes,family`, paths relative to the CSV's folder).
 
-Reading is `pipeline.labels_csv.read_labels`; this module only appends and reports.
+Reading is `pipeline.train.labels_csv.read_labels`; this module only appends.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import LabelsError
+from pipeline.labels.definition import Label
 
-HEADER = ("path", "ssim", "family")
+HEADER = ("path", "ssim", "svg_bytes", "family")
 # A CSV saved by a spreadsheet may start with a byte-order mark; "utf-8-sig" drops it on read.
 READ_ENCODING = "utf-8-sig"
 
@@ -35,6 +37,21 @@ def _header(csv_path: Path) -> list[str] | None:
         raise LabelsError(f"{csv_path}:1: header {names} lacks 'path' or 'ssim'; expected "
                           f"'{','.join(HEADER)}' (choose another --out or fix the header)")
     return names
+
+
+def _add_svg_bytes_column(csv_path: Path, names: list[str]) -> list[str]:
+    """Rewrite a labels CSV written before `svg_bytes` existed with that column added after
+    `ssim` (empty for the old rows), atomically, so new rows can carry it and none is lost."""
+    at = names.index("ssim") + 1
+    with open(csv_path, newline="", encoding=READ_ENCODING) as f:
+        records = list(csv.reader(f))
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        for i, rec in enumerate(records):
+            if rec:
+                rec = rec[:at] + ["svg_bytes" if i == 0 else ""] + rec[at:]
+            writer.writerow(rec)
+    return names[:at] + ["svg_bytes"] + names[at:]
 
 
 def existing_paths(csv_path: str | os.PathLike) -> set[str]:
@@ -67,6 +84,8 @@ class LabelWriter:
     def __enter__(self) -> LabelWriter:
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         columns = _header(self.csv_path)
+        if columns is not None and "svg_bytes" not in columns:
+            columns = _add_svg_bytes_column(self.csv_path, columns)
         needs_newline = False
         if columns is not None:
             with open(self.csv_path, "rb") as f:
@@ -81,11 +100,11 @@ class LabelWriter:
                 self._write("\n")  # a hand-edited file without a final newline must not merge
         return self
 
-    def write(self, path: str | os.PathLike, value: float) -> None:
-        """Append one `path,ssim,family` row, on disk (OS cache) when this returns."""
+    def write(self, path: str | os.PathLike, label: Label) -> None:
+        """Append one `path,ssim,svg_bytes,family` row, on disk (OS cache) when this returns."""
         # 6 decimals: far below any SSIM difference anyone acts on; keeps the CSV small.
-        fields = {"path": relative_to_csv(path, self.csv_path), "ssim": f"{value:.6f}",
-                  "family": self.family}
+        fields = {"path": relative_to_csv(path, self.csv_path), "ssim": f"{label.ssim:.6f}",
+                  "svg_bytes": str(label.svg_bytes), "family": self.family}
         self._write(_line([fields.get(c, "") for c in self._columns]))
         self.written += 1
 
@@ -108,9 +127,10 @@ def _line(values: Iterable[str]) -> str:
 
 
 def append_labels(
-    csv_path: str | os.PathLike, labels: Iterable[tuple[Path, float]], family: str
+    csv_path: str | os.PathLike, labels: Iterable[tuple[Path, Label]], family: str
 ) -> int:
-    """Append `path,ssim,family` rows (header only if the file is new or empty); rows written."""
+    """Append `path,ssim,svg_bytes,family` rows (header only if the file is new or empty);
+    returns the number of rows written."""
     with LabelWriter(csv_path, family) as writer:
         for path, value in labels:
             writer.write(path, value)

@@ -1,4 +1,4 @@
-"""Read a labels CSV (`path,ssim[,family]`); every error names the file and line."""
+"""Read a labels CSV (`path,ssim[,svg_bytes][,family]`); every error names the file and line."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class LabelRow:
     ssim: float
     family: str | None
     line: int
+    svg_bytes: int | None = None  # UTF-8 size of the default VTracer SVG, where recorded
 
 
 def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow]:
@@ -44,6 +45,7 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
                                   f"{names}; expected path,ssim[,family]")
         i_path, i_ssim = names.index("path"), names.index("ssim")
         i_family = names.index("family") if "family" in names else None
+        i_bytes = names.index("svg_bytes") if "svg_bytes" in names else None
         for cells in reader:
             line = reader.line_num
             if not cells or all(not c.strip() for c in cells):
@@ -68,7 +70,20 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
                 raise LabelsError(f"{csv_path}:{line}: image {rel} does not exist "
                                   f"(looked for {path}); paths are relative to the CSV's folder")
             family = cells[i_family].strip() or None if i_family is not None else None
-            rows.append(LabelRow(path=path, ssim=value, family=family, line=line))
+            svg_bytes = _svg_bytes(cells[i_bytes], csv_path, line) if i_bytes is not None else None
+            rows.append(LabelRow(path=path, ssim=value, family=family, line=line,
+                                 svg_bytes=svg_bytes))
     if not rows:
         raise LabelsError(f"{csv_path}: no labelled rows after the header")
     return rows
+
+
+def _svg_bytes(cell: str, csv_path: Path, line: int) -> int | None:
+    """An svg_bytes cell: empty (not recorded) or a positive integer."""
+    raw = cell.strip()
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise LabelsError(f"{csv_path}:{line}: svg_bytes value {raw!r} is not a positive "
+                          "integer; fix or empty the cell")
+    return int(raw)

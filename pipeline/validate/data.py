@@ -15,26 +15,10 @@ from PIL import Image
 from torch import nn
 
 from pipeline.errors import ImageError
-from pipeline.extract.spec import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.images.decode import decode_image, resize_rgb
+from pipeline.extract.preprocess import Preprocess
+from pipeline.images.inputs import read_file
 from pipeline.train.metrics import compute_metrics
 from pipeline.validate.common import CheckResult, ValidateConfig, ValidateError, call_model
-
-Preprocess = Callable[[Image.Image], torch.Tensor]  # RGB image -> (3, S, S)
-
-
-def make_preprocess(size: int, resize: str = "direct", interpolation: str = "bilinear",
-                    antialias: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> Preprocess:
-    """Stage one's resize + normalisation (pass an ExtractConfig's fields to match a store)."""
-    m = np.asarray(mean, np.float32)
-    s = np.asarray(std, np.float32)
-
-    def pre(img: Image.Image) -> torch.Tensor:
-        arr = resize_rgb(img, size, resize, interpolation, antialias).astype(np.float32) / 255.0
-        return torch.from_numpy(((arr - m) / s).transpose(2, 0, 1).copy())  # (3, S, S)
-
-    return pre
 
 
 def _perturbations(cfg: ValidateConfig) -> dict[str, Callable[[Image.Image, int], Image.Image]]:
@@ -60,7 +44,7 @@ def _perturbations(cfg: ValidateConfig) -> dict[str, Callable[[Image.Image, int]
 
 
 def _predict(model: nn.Module, imgs: list[Image.Image], pre: Preprocess) -> np.ndarray:
-    x = torch.stack([pre(im) for im in imgs])  # (N, 3, S, S)
+    x = pre.to_tensor(np.stack([pre.resize(im) for im in imgs]))  # (N, 3, S, S)
     with torch.no_grad():
         pred, _ = call_model(model, x)
     return pred.reshape(len(imgs), -1)[:, 0].double().numpy()
@@ -68,11 +52,16 @@ def _predict(model: nn.Module, imgs: list[Image.Image], pre: Preprocess) -> np.n
 
 def check_robustness(model: nn.Module, cfg: ValidateConfig, images: Sequence[Path] | None,
                      preprocess: Preprocess | None = None) -> CheckResult:
-    """Prediction shift under Gaussian noise, JPEG re-encoding and resizes of real images."""
+    """Prediction shift under Gaussian noise, JPEG re-encoding and resizes of real images,
+    decoded and preprocessed exactly as stage one does for `preprocess`'s ExtractConfig."""
     res = CheckResult("robustness")
     if not images:
         return res.skip("needs images: pass --images or --labels")
-    pre = preprocess or make_preprocess(cfg.image_size)
+    if preprocess is None:
+        from pipeline.extract.spec import ExtractConfig
+
+        preprocess = Preprocess(ExtractConfig(image_size=cfg.image_size))
+    pre = preprocess
     picks = list(images)
     if len(picks) > cfg.robust_max_images:  # evenly spaced: a labels CSV is often sorted
         step = len(picks) / cfg.robust_max_images
@@ -80,9 +69,9 @@ def check_robustness(model: nn.Module, cfg: ValidateConfig, images: Sequence[Pat
     originals, paths, unreadable = [], [], []
     for p in picks:
         try:
-            originals.append(decode_image(Path(p).read_bytes(), 64_000_000, name=str(p)))
+            originals.append(pre.decode(read_file(p), name=str(p)))
             paths.append(str(p))
-        except (OSError, ImageError) as e:  # a bad file is a note, not the model's failure
+        except ImageError as e:  # a bad file is a note, not the model's failure
             unreadable.append(f"{p}: {e}")
     if not originals:
         return res.skip(f"none of the {len(unreadable)} images could be read: {unreadable[:3]}")

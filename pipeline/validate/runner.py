@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import config_to_dict
+from pipeline.extract.preprocess import Preprocess
 from pipeline.validate.checks import check_dimensions, check_gradients, check_stability
 from pipeline.validate.common import (
     ALL_CHECKS,
@@ -23,17 +24,11 @@ from pipeline.validate.common import (
     ValidateError,
     all_cores,
 )
-from pipeline.validate.data import (
-    LabeledFeatures,
-    Preprocess,
-    check_comparison,
-    check_robustness,
-    make_preprocess,
-)
+from pipeline.validate.data import LabeledFeatures, check_comparison, check_robustness
 from pipeline.validate.perf import check_memory, check_performance, check_profile
 
 __all__ = ["ALL_CHECKS", "SCHEMA_VERSION", "ValidateConfig", "ValidateError", "LabeledFeatures",
-           "make_preprocess", "model_summary", "run_validation"]
+           "model_summary", "run_validation"]
 
 SCHEMA_VERSION = 1
 
@@ -175,7 +170,5 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
         got = gather(rows, store, ecfg, cached_only=cached_only, progress=progress,
                      expected_fingerprint=ckpt.fingerprint if ckpt is not None else None)
         labeled = LabeledFeatures(x=got.x, y=got.y, keys=got.keys)
-    pre = make_preprocess(ecfg.image_size, ecfg.resize, ecfg.interpolation, ecfg.antialias,
-                          ecfg.mean, ecfg.std)
-    return run_validation(model, cfg, images=paths, labeled=labeled, preprocess=pre,
+    return run_validation(model, cfg, images=paths, labeled=labeled, preprocess=Preprocess(ecfg),
                           source=source, progress=progress)
