@@ -15,7 +15,7 @@ def resolve_demo_weights(weights: str, notice: Callable[[str], None]) -> str:
     notice, since pretrained weights cannot be downloaded on offline machines."""
     if weights != "imagenet":
         return weights
-    from pipeline.weights import imagenet_state_dict
+    from pipeline.extract.weights import imagenet_state_dict
 
     try:
         imagenet_state_dict()
@@ -35,11 +35,11 @@ def run_demo(labels: str | Path, out_dir: str | Path, extract_cfg: Any, train_cf
     with per-stage seconds, test metrics, a few scored images and the output paths."""
     import dataclasses
 
-    from pipeline.evaluate import evaluate, write_reports
-    from pipeline.extract import extract
-    from pipeline.labels_csv import read_labels
+    from pipeline.extract.runner import extract
     from pipeline.score import Scorer
-    from pipeline.train import run_train, split_of
+    from pipeline.train.evaluate import evaluate, write_reports
+    from pipeline.train.fit import run_train, split_of
+    from pipeline.train.labels_csv import read_labels
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

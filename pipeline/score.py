@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import CheckpointError, PipelineError
-from pipeline.numpy_head import NumpyHead
+from pipeline.head.checkpoint import load_checkpoint
+from pipeline.head.numpy_head import NumpyHead
 from store.errors import StoreKeyError, StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.keys import content_key
@@ -188,8 +188,9 @@ class Scorer:
 
     def _extract(self, paths: list[str], progress: bool, config_path: str | Path | None,
                  overrides: dict[str, Any] | None) -> None:
-        from pipeline.extract import extract, feature_spec
-        from pipeline.features import extract_config_for
+        from pipeline.extract.runner import extract
+        from pipeline.extract.spec import feature_spec
+        from pipeline.train.features import extract_config_for
         from store.keys import fingerprint
 
         cfg = extract_config_for(self.checkpoint.meta.get("extract_config", {}), config_path,

@@ -43,7 +43,7 @@ def make_dataset(root: Path, n: int = 40, seed: int = 0, size: int = 32,
 def extract_cfg(**overrides):
     """An ExtractConfig matching TinyBackbone on small images (weights only name it)."""
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig
+    from pipeline.extract.spec import ExtractConfig
 
     values = {"weights": "random:0", "image_size": 32, "batch_size": 16, "workers": 1,
               "threads": 1, **overrides}
@@ -51,7 +51,7 @@ def extract_cfg(**overrides):
 
 
 def small_train_cfg(**overrides):
-    from pipeline.train import TrainConfig
+    from pipeline.train.fit import TrainConfig
 
     values = {"epochs": 60, "batch_size": 16, "patience": 60, "hidden_dims": (64, 32),
               "dropout": 0.1, "lr": 3e-3, "val_fraction": 0.25, "test_fraction": 0.15,
@@ -62,7 +62,7 @@ def small_train_cfg(**overrides):
 
 def trained_setup(root: Path, n: int = 40) -> dict[str, Path]:
     """Dataset + store + checkpoint trained on TinyBackbone features (a few seconds)."""
-    from pipeline.train import run_train
+    from pipeline.train.fit import run_train
 
     csv = make_dataset(root, n=n)
     store = root / "features.h5"

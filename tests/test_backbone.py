@@ -10,9 +10,14 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from pipeline.backbone import FEATURE_DIM, ResNetFeatureExtractor, fuse_conv_bn, load_backbone
 from pipeline.errors import WeightsError
-from pipeline.weights import (
+from pipeline.extract.backbone import (
+    FEATURE_DIM,
+    ResNetFeatureExtractor,
+    fuse_conv_bn,
+    load_backbone,
+)
+from pipeline.extract.weights import (
     PROBE_TIMEOUT_S,
     file_sha256,
     host_reachable,
@@ -57,7 +62,7 @@ def test_frozen_counts_and_unfreeze(model: ResNetFeatureExtractor) -> None:
 
 
 def test_random_seed_is_deterministic_across_processes(model: ResNetFeatureExtractor) -> None:
-    code = ("from pipeline.backbone import load_backbone; m = load_backbone('random:0'); "
+    code = ("from pipeline.extract.backbone import load_backbone; m = load_backbone('random:0'); "
             "print(repr(float(sum(p.double().sum() for p in m.parameters()))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120).stdout.strip()
@@ -108,7 +113,7 @@ def test_bad_weight_files_raise_weights_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", ["module", "junk"])
 def test_weights_load_error_never_advises_weights_only_false(tmp_path: Path,
                                                               content: str) -> None:
-    from pipeline.weights import file_state_dict
+    from pipeline.extract.weights import file_state_dict
 
     path = tmp_path / "w.pt"
     if content == "module":  # a whole pickled model, the usual mistake
@@ -155,8 +160,8 @@ def test_fused_backbone_has_no_batchnorm_and_matches_the_plain_one(model) -> Non
 
 
 def test_extract_worker_fuses_only_what_it_builds() -> None:
-    from pipeline.compute import ExtractWorker
-    from pipeline.spec import ExtractConfig
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.extract.worker import ExtractWorker
 
     cfg = ExtractConfig(weights="random:0", image_size=32)
     built = ExtractWorker(cfg)

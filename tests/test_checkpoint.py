@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from pipeline.errors import CheckpointError
-from pipeline.head import HeadConfig, SSIMPredictor
-from pipeline.numpy_head import NumpyHead
+from pipeline.head.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor
+from pipeline.head.numpy_head import NumpyHead
+from pipeline.labels.definition import LABEL_DEFINITION
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = HeadConfig(input_dim=64, hidden_dims=(32, 16))
@@ -57,7 +59,7 @@ def test_round_trip_identical_predictions(tmp_path):
     assert meta["feature_spec"] == SPEC and meta["train_config"] == {"epochs": 3}
     assert meta["metrics"]["val"]["mae"] == 0.1
     assert {"torch", "numpy", "python"} <= set(meta["versions"]) and meta["created"]
-    assert "VTracer" in meta["label"]
+    assert meta["label"] == LABEL_DEFINITION  # the one definition, svg_bytes included
     assert ckpt.head_config == CFG
     assert [p.name for p in tmp_path.iterdir()] == ["head.safetensors"], "no temp files left"
 
@@ -144,8 +146,8 @@ def test_broken_files_are_checkpoint_errors(tmp_path):
 
 def test_reading_needs_no_torch(tmp_path):
     path = _save(tmp_path)
-    code = ("import sys\nfrom pipeline.checkpoint import load_checkpoint\n"
-            "from pipeline.numpy_head import NumpyHead\nimport numpy as np\n"
+    code = ("import sys\nfrom pipeline.head.checkpoint import load_checkpoint\n"
+            "from pipeline.head.numpy_head import NumpyHead\nimport numpy as np\n"
             f"c = load_checkpoint({str(path)!r})\n"
             "print(NumpyHead(c.numpy_head)(np.zeros((2, 64), np.float32)).shape)\n"
             "print('torch' in sys.modules)\n")

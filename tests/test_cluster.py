@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.cluster import ClusterError, extract_on_cluster, shard
-from pipeline.cluster_worker import builds
 from pipeline.errors import PipelineError
-from pipeline.extract import extract
-from pipeline.spec import ExtractConfig
+from pipeline.extract.cluster import ClusterError, extract_on_cluster, shard
+from pipeline.extract.cluster_worker import builds
+from pipeline.extract.runner import extract
+from pipeline.extract.spec import ExtractConfig
 from store.hdf5 import FeatureStore
 from store.namespace import Namespace
 
@@ -185,7 +185,7 @@ def _other_versions() -> dict[str, str]:
 
 
 def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) -> None:
-    from pipeline.backbone import load_backbone
+    from pipeline.extract.backbone import load_backbone
 
     c, client = cluster
     weights = tmp_path / "resnet.pt"
@@ -193,8 +193,8 @@ def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) 
     cfg = _cfg(weights=str(weights))
     local = extract(images, tmp_path / "local.h5", _local(cfg), progress=False)
     # On the workers the weights file is off-limits: they must build from the shipped dict.
-    client.run(_swap, "pipeline.weights", ("file_state_dict", "file_sha256"), _no_file)
-    client.run(_swap, "pipeline.backbone", ("file_state_dict",), _no_file)
+    client.run(_swap, "pipeline.extract.weights", ("file_state_dict", "file_sha256"), _no_file)
+    client.run(_swap, "pipeline.extract.backbone", ("file_state_dict",), _no_file)
     try:
         rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
                                  scheduler=c.scheduler_address, progress=False)
@@ -206,7 +206,7 @@ def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) 
 
 def test_worker_with_other_versions_refuses(tmp_path, images, cluster) -> None:
     c, client = cluster
-    client.run(_swap, "pipeline.spec", ("library_versions",), _other_versions)
+    client.run(_swap, "pipeline.extract.spec", ("library_versions",), _other_versions)
     try:
         with pytest.raises(PipelineError, match="computes fingerprint .* same ssimcache, torch"):
             extract_on_cluster(images, tmp_path / "v.h5", _cfg(), backend="dask",
@@ -239,7 +239,7 @@ def test_cli_extract_on_dask(tmp_path, images, cluster) -> None:
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, images, monkeypatch) -> None:
     pytest.importorskip("dask.distributed")
-    monkeypatch.setattr("pipeline.cluster.CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr("pipeline.extract.cluster.CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
         extract_on_cluster(images, tmp_path / "s.h5", _cfg(), backend="dask",
                            scheduler="tcp://127.0.0.1:9", progress=False)
@@ -273,7 +273,7 @@ def test_unknown_backend(tmp_path, images) -> None:
 
 
 def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
-    from pipeline.cluster_worker import one_thread_convs, reuse_freed_memory
+    from pipeline.extract.cluster_worker import one_thread_convs, reuse_freed_memory
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1, stride=2), nn.Conv2d(8, 4, 3))
@@ -295,7 +295,7 @@ def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
 
 def test_bench_cluster_runs_small_and_compares_with_local() -> None:
     pytest.importorskip("dask.distributed")
-    from pipeline.bench_cluster import format_table, run_bench
+    from pipeline.bench.cluster import format_table, run_bench
 
     result = run_bench(n_images=4, repeats=1, workers=2, image_size=32, batch_size=2,
                        log=lambda s: None)
@@ -332,7 +332,7 @@ def test_bad_scheduler_address_is_refused_before_any_client(tmp_path, images, mo
 
 
 def test_paths_reaching_workers_are_absolute(tmp_path, images, monkeypatch) -> None:
-    from pipeline.cluster_worker import run_shard
+    from pipeline.extract.cluster_worker import run_shard
 
     seen: list[str] = []
 
@@ -341,7 +341,7 @@ def test_paths_reaching_workers_are_absolute(tmp_path, images, monkeypatch) -> N
             seen.extend(paths)
             sink.take(run_shard(i, paths, keys, cfg, parcel, sink.spec))
 
-    monkeypatch.setattr("pipeline.cluster._dispatch", in_process)
+    monkeypatch.setattr("pipeline.extract.cluster._dispatch", in_process)
     monkeypatch.chdir(images[0].parent)
     rel = [Path(p.name) for p in images]
     rep = extract_on_cluster(rel, tmp_path / "s.h5", _cfg(), backend="dask",

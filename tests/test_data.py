@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.labels import label_image
-from pipeline.labels_csv import read_labels
+from pipeline.labels.definition import label_image
+from pipeline.train.labels_csv import read_labels
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 FAMILIES = {"twemoji", "fluent_flat", "fluent_modern", "simple_icons", "photo"}
@@ -56,7 +56,7 @@ def test_stored_labels_match_the_label_definition(rows):
     for r in rows:
         firsts.setdefault(r.family, r)
     for r in firsts.values():
-        assert label_image(r.path) == pytest.approx(r.ssim, abs=2e-6), r.path
+        assert label_image(r.path).ssim == pytest.approx(r.ssim, abs=2e-6), r.path
 
 
 def test_readme_distribution_matches_csv(rows):

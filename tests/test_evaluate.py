@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
-from pipeline.evaluate import evaluate, write_reports
-from pipeline.features import read_vectors
-from pipeline.labels_csv import read_labels
-from pipeline.metrics import compute_metrics
+from pipeline.head.checkpoint import load_checkpoint
+from pipeline.train.evaluate import evaluate, write_reports
+from pipeline.train.features import read_vectors
+from pipeline.train.labels_csv import read_labels
+from pipeline.train.metrics import compute_metrics
 from store.keys import content_key
 from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset, trained_setup
 
@@ -70,7 +70,7 @@ def test_other_extractor_settings_refused_naming_both(setup):
                                    str(setup["store"]), "--checkpoint", str(setup["ckpt"]),
                                    "--image-size", "64", "--no-progress"])
     assert res.exit_code == 1
-    from pipeline.extract import feature_spec
+    from pipeline.extract.spec import feature_spec
     from store.keys import fingerprint
 
     fp = load_checkpoint(setup["ckpt"]).fingerprint
@@ -96,7 +96,7 @@ def _eval_cli(setup, *extra: str):
 def test_cli_reports_unreadable_images_on_stderr(setup, tmp_path, monkeypatch):
     import functools
 
-    import pipeline.evaluate as ev_mod
+    import pipeline.train.evaluate as ev_mod
 
     csv = make_dataset(tmp_path, n=3, seed=7)
     for name in ("broken0.png", "broken1.png"):

@@ -10,11 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
-from pipeline.export import export
-from pipeline.head import HeadConfig, SSIMPredictor
+from pipeline.head.checkpoint import save_checkpoint
+from pipeline.head.config import HeadConfig
+from pipeline.head.export import export
+from pipeline.head.mlp import SSIMPredictor
 
 
 def _ckpt(tmp_path, dim: int = 2048):
@@ -39,7 +40,7 @@ def test_head_export_parity(tmp_path, fmt):
     assert r["input_shape"] == ["batch", 128]
     # an independent check on fresh inputs through the exported file
     x = torch.rand(5, 128)
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.head.checkpoint import load_checkpoint
 
     head, _ = load_checkpoint(ckpt).build_head()
     with torch.no_grad():

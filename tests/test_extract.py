@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.compute import ExtractWorker, compute_batch
 from pipeline.config import build_config, config_to_dict
 from pipeline.errors import ImageError
-from pipeline.extract import ExtractConfig, Runner, extract, feature_spec
-from pipeline.images import expand_inputs
+from pipeline.extract.runner import Runner, extract
+from pipeline.extract.spec import ExtractConfig, feature_spec
+from pipeline.extract.worker import ExtractWorker
+from pipeline.images.inputs import expand_inputs
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
 
@@ -175,18 +176,14 @@ def test_worker_pickles_without_its_model_and_computes_the_same(tmp_path: Path) 
         worker.load(paths[0], key="0" * 64)
 
 
-def test_compute_batch_and_extract_agree_on_vectors(tmp_path: Path) -> None:
+def test_worker_compute_and_extract_agree_on_vectors(tmp_path: Path) -> None:
     paths = _images(tmp_path / "in", 4)
     cfg = _cfg(channels_last=False)
     r, _ = _run(paths, tmp_path / "f.h5", cfg)
-    w = ExtractWorker(cfg, backbone=FakeBackbone())
-    import pipeline.compute as compute
-    compute._WORKERS[cfg] = w  # what compute_batch would build, with the fake backbone
-    res = compute_batch(paths, cfg)
+    res = ExtractWorker(cfg, backbone=FakeBackbone()).compute(paths)  # the cluster's step
     with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
         np.testing.assert_allclose(fs.namespace(r.fingerprint).get_many(res.keys), res.vectors,
                                    rtol=1e-6)
-    compute._WORKERS.pop(cfg)
 
 
 def test_runner_is_built_from_parts() -> None:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.weights import PROBE_TIMEOUT_S, host_reachable
+from pipeline.extract.weights import PROBE_TIMEOUT_S, host_reachable
 from store.hdf5 import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.head import HeadConfig, SSIMPredictor, count_parameters, format_summary, summary
-from pipeline.numpy_head import NumpyHead
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor, count_parameters, format_summary, summary
+from pipeline.head.numpy_head import NumpyHead
 
 
 def _trained_like(cfg: HeadConfig, seed: int = 0) -> SSIMPredictor:

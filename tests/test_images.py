@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import ImageError, PipelineError
-from pipeline.images import decode_image, expand_inputs, parse_background, resize_rgb
+from pipeline.images.decode import decode_image, parse_background, resize_rgb
+from pipeline.images.inputs import expand_inputs
 
 BIG = 10**8
 

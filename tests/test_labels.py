@@ -17,8 +17,8 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.errors import ImageError, PipelineError
-from pipeline.labels import LABEL_MODULES, label_image, label_images
-from pipeline.labels_csv import read_labels
+from pipeline.labels.definition import LABEL_MODULES, label_image, label_images
+from pipeline.train.labels_csv import read_labels
 
 
 def _png(img: Image.Image) -> bytes:
@@ -49,11 +49,11 @@ def transparent_logo(size: int = 64) -> Image.Image:
 
 
 def test_flat_two_colour_square_is_near_perfect():
-    assert label_image(_png(two_colour_square())) >= 0.99
+    assert label_image(_png(two_colour_square())).ssim >= 0.99
 
 
 def test_uniform_noise_labels_low():
-    assert label_image(_png(noise())) < 0.5
+    assert label_image(_png(noise())).ssim < 0.5
 
 
 def test_transparency_is_composited_on_white():
@@ -63,11 +63,11 @@ def test_transparency_is_composited_on_white():
     a = arr[..., 3:4] / 255.0
     flat = np.rint(arr[..., :3] * a + 255.0 * (1 - a)).astype(np.uint8)
     by_hand = label_image(_png(Image.fromarray(flat, "RGB")))
-    assert label_image(_png(rgba)) == pytest.approx(by_hand, abs=1e-9)
+    assert label_image(_png(rgba)).ssim == pytest.approx(by_hand.ssim, abs=1e-9)
     # ... and not on black: the same pixels flattened on black label differently.
     on_black = Image.new("RGB", rgba.size, (0, 0, 0))
     on_black.paste(rgba, mask=rgba.split()[3])
-    assert label_image(_png(on_black)) != pytest.approx(by_hand, abs=1e-6)
+    assert label_image(_png(on_black)).ssim != pytest.approx(by_hand.ssim, abs=1e-6)
 
 
 def test_labels_deterministic_and_in_range_across_processes(tmp_path):
@@ -81,7 +81,7 @@ def test_labels_deterministic_and_in_range_across_processes(tmp_path):
     assert not first.failures and not second.failures
     assert first.labels == second.labels
     assert [p for p, _ in first.labels] == paths
-    assert all(-1.0 <= v <= 1.0 for _, v in first.labels)
+    assert all(-1.0 <= v.ssim <= 1.0 and v.svg_bytes > 0 for _, v in first.labels)
 
 
 def test_broken_missing_and_tiny_files_become_failure_rows(tmp_path):
@@ -99,7 +99,7 @@ def test_broken_missing_and_tiny_files_become_failure_rows(tmp_path):
     reasons = dict(result.failures)
     assert set(reasons) == {broken, truncated, tiny, missing}
     assert "not found" in reasons[missing] and "7 pixels" in reasons[tiny]
-    with pytest.raises(ImageError, match="cannot decode"):
+    with pytest.raises(ImageError, match="not a readable image"):
         label_image(broken)
 
 
@@ -107,7 +107,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped():
     ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
     img16 = Image.fromarray(ramp)
     img8 = Image.fromarray(np.rint(ramp / 257).astype(np.uint8)).convert("RGB")
-    assert label_image(_png(img16)) == pytest.approx(label_image(_png(img8)), abs=1e-9)
+    assert label_image(_png(img16)).ssim == pytest.approx(label_image(_png(img8)).ssim, abs=1e-9)
 
 
 def test_cli_label_appends_reports_and_resumes(tmp_path):
@@ -130,7 +130,7 @@ def test_cli_label_appends_reports_and_resumes(tmp_path):
         fails = list(csv.reader(f))
     assert len(fails) == 2 and fails[1][0].endswith("broken.png")
     # the path is its own column: the reason does not repeat it
-    assert "broken.png" not in fails[1][1] and fails[1][1].startswith("cannot decode")
+    assert "broken.png" not in fails[1][1] and fails[1][1].startswith("not an image")
 
     # Rerun: labelled images are skipped (no duplicate rows, no second header); --strict fails.
     res = runner.invoke(cli, [*args, "--strict", "--json"])
@@ -155,7 +155,7 @@ def test_cli_failure_line_names_the_path_once(tmp_path):
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("  "))
     assert line == f"  {broken}: " + line.split(": ", 1)[1] and line.count("broken.png") == 1
-    assert "cannot decode" in line
+    assert "not an image" in line
 
 
 @pytest.mark.parametrize("module", LABEL_MODULES)
@@ -178,14 +178,14 @@ def test_missing_labels_extra_is_one_clear_error(tmp_path, monkeypatch, module):
 # flush, no finally) when asked for image number KILL_AT (0-based): KILL_AT images are done.
 _KILLED_CHILD = """
 import os, signal, sys
-import pipeline.labels as L
+import pipeline.labels.definition as L
 from pipeline.cli import cli
 real, calls = L.label_image, [0]
-def label_then_die(path):
+def label_then_die(path, max_pixels):
     if calls[0] == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
     calls[0] += 1
-    return real(path)
+    return real(path, max_pixels)
 L.label_image = label_then_die
 cli(sys.argv[2:], prog_name="ssimcache")
 """
@@ -214,4 +214,41 @@ def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path)
     assert summary["skipped_already_labelled"] == kill_at and summary["labelled"] == 2
     rows = read_labels(out)
     assert sorted(r.path.name for r in rows) == [f"n{i}.png" for i in range(5)]
-    assert rows[0].ssim == pytest.approx(label_image(imgs / "n0.png"), abs=1e-6)
+    assert rows[0].ssim == pytest.approx(label_image(imgs / "n0.png").ssim, abs=1e-6)
+    assert rows[0].svg_bytes == label_image(imgs / "n0.png").svg_bytes
+
+
+def test_svg_bytes_is_the_utf8_size_of_the_default_vtracer_svg():
+    import vtracer
+
+    from pipeline.labels.definition import vectorize
+
+    img = transparent_logo()
+    flat = Image.new("RGB", img.size, "white")
+    flat.paste(img, mask=img.split()[3])
+    svg = vtracer.convert_raw_image_to_svg(_png(flat), img_format="png")
+    got = label_image(_png(img))
+    assert got.svg_bytes == len(svg.encode("utf-8")) == len(vectorize(flat).encode("utf-8"))
+    # a busier image makes a heavier SVG
+    assert label_image(_png(noise())).svg_bytes > 10 * got.svg_bytes
+
+
+def test_label_refuses_a_pixel_bomb_before_decoding(tmp_path):
+    """B2: `label` shares stage one's pixel guard (a small file declaring a huge canvas)."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(bomb)  # 144 MP, a few KB on disk
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ImageError, match="too large"):
+        label_image(bomb)
+    with pytest.raises(ImageError, match="too large"):
+        label_image(two_colour_square_path(tmp_path), max_pixels=100)
+    res = CliRunner().invoke(cli, ["label", str(bomb), "--out", str(tmp_path / "o.csv"),
+                                   "--workers", "1", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["failed"] == 1 and "too large" in res.stderr
+
+
+def two_colour_square_path(tmp_path: Path) -> Path:
+    p = tmp_path / "square.png"
+    two_colour_square().save(p)
+    return p

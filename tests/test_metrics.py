@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.metrics import METRIC_KEYS, compute_metrics, metrics_report, rankdata
+from pipeline.train.metrics import METRIC_KEYS, compute_metrics, metrics_report, rankdata
 
 TRUE = np.array([0.95, 0.80, 0.80, 0.60, 0.99, 0.70, 0.80, 0.50, 0.90, 0.65])
 PRED = np.array([0.93, 0.85, 0.78, 0.62, 0.97, 0.85, 0.85, 0.40, 0.91, 0.66])  # ties in both

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import ConfigError
-from pipeline.head import HeadConfig, SSIMPredictor
-from pipeline.model import PRETRAINED_ENV, QualityPredictionModel, resolve_weights
+from pipeline.head.checkpoint import save_checkpoint
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor
+from pipeline.head.model import PRETRAINED_ENV, QualityPredictionModel, resolve_weights
 from tests.stage_two_fixtures import TinyBackbone
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
 from pipeline.errors import CheckpointError, PipelineError
-from pipeline.features import read_vectors
+from pipeline.head.checkpoint import load_checkpoint
 from pipeline.score import ScoreConfig, Scorer
+from pipeline.train.features import read_vectors
 from store.hdf5 import FeatureStore
 from store.keys import content_key
 from tests.stage_two_fixtures import TinyBackbone, make_dataset, trained_setup
@@ -170,7 +170,7 @@ def test_cached_score_never_imports_torch(setup):
 
 
 def test_bench_runs_small(tmp_path):
-    from pipeline.bench_score import format_table, run_bench
+    from pipeline.bench.score import format_table, run_bench
 
     r = run_bench(n_keys=300, single=20, repeats=1, workdir=tmp_path)
     assert r["fresh_process"]["torch_imported"] is False

@@ -69,9 +69,9 @@ def test_prune_by_prefix_then_compact(store_path):
 
 
 def test_prune_keep_current_uses_the_extract_config(tmp_path, store_path):
-    pytest.importorskip("pipeline.extract")
+    pytest.importorskip("pipeline.extract.runner")
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig, feature_spec
+    from pipeline.extract.spec import ExtractConfig, feature_spec
 
     cfg_path = tmp_path / "extract.json"
     cfg_path.write_text(json.dumps({"weights": "random:0"}))
@@ -87,13 +87,13 @@ def test_prune_keep_current_uses_the_extract_config(tmp_path, store_path):
 
 def _real_spec(**overrides):
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig, feature_spec
+    from pipeline.extract.spec import ExtractConfig, feature_spec
 
     return feature_spec(build_config(ExtractConfig, None, overrides))
 
 
 def test_prune_keep_current_absent_removes_nothing(tmp_path, store_path):
-    pytest.importorskip("pipeline.extract")
+    pytest.importorskip("pipeline.extract.runner")
     before = store_path.read_bytes()
     cfg_path = tmp_path / "extract.json"
     cfg_path.write_text(json.dumps({"weights": "imagenet"}))
@@ -106,7 +106,7 @@ def test_prune_keep_current_absent_removes_nothing(tmp_path, store_path):
 
 
 def test_prune_keep_current_takes_the_extract_flags(tmp_path, store_path, monkeypatch):
-    pytest.importorskip("pipeline.extract")
+    pytest.importorskip("pipeline.extract.runner")
     spec = _real_spec(weights="random:0", image_size=32)
     with FeatureStore(store_path) as fs:
         fs.namespace(fingerprint(spec), spec, dim=DIM)
@@ -134,7 +134,7 @@ def test_prune_keeps_several_fingerprints(tmp_path, store_path):
 
 
 def test_info_summary_tells_namespaces_apart(tmp_path):
-    pytest.importorskip("pipeline.extract")
+    pytest.importorskip("pipeline.extract.runner")
     specs = {"r0": _real_spec(weights="random:0"), "r1": _real_spec(weights="random:1"),
              "r0_32": _real_spec(weights="random:0", image_size=32),
              "r0_bf16": _real_spec(weights="random:0", precision="bf16")}

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.train import TrainConfig, run_train, split_keys, split_of, train_head
+from pipeline.head.checkpoint import load_checkpoint
+from pipeline.train.fit import TrainConfig, run_train, split_keys, split_of, train_head
 from store.hdf5 import FeatureStore
 from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset, small_train_cfg
 
@@ -47,7 +47,7 @@ def test_training_reduces_validation_loss():
     y = (1 / (1 + np.exp(-(x @ w)))).astype(np.float32)
     cfg = small_train_cfg(epochs=25, patience=25)
     torch.manual_seed(0)
-    from pipeline.head import SSIMPredictor
+    from pipeline.head.mlp import SSIMPredictor
 
     untrained = SSIMPredictor(cfg.head_config(32)).eval()
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_cli_label_errors_name_the_line(tmp_path, body, needle):
 
 
 def test_labels_csv_with_utf8_bom_is_read(tmp_path):
-    from pipeline.labels_csv import read_labels
+    from pipeline.train.labels_csv import read_labels
 
     csv = make_dataset(tmp_path, n=2)
     csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # as Excel saves "CSV UTF-8"

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from pipeline.validate import LabeledFeatures, ValidateConfig, run_validation
-from pipeline.validate_report import (
+from pipeline.validate.report import (
     load_schema,
     schema_errors,
     write_html_report,
     write_json_report,
 )
+from pipeline.validate.runner import LabeledFeatures, ValidateConfig, run_validation
 
 D = 16  # feature width of the fake models
 MODEL_CHECKS = ("dimensions", "gradients", "memory", "performance", "stability", "profile")
@@ -334,7 +334,7 @@ def test_non_finite_figures_are_written_as_strict_json(tmp_path):
 
 def _fake_loader(model_cls):
     def load(checkpoint, extract_config=None, overrides=None):
-        from pipeline.extract import ExtractConfig
+        from pipeline.extract.spec import ExtractConfig
 
         return model_cls(), ExtractConfig(weights="random:0", image_size=32), None, "fake"
     return load
@@ -342,7 +342,7 @@ def _fake_loader(model_cls):
 
 @pytest.mark.parametrize(("model_cls", "code"), [(Healthy, 0), (CutGradient, 1)])
 def test_cli_exit_code_and_reports(tmp_path, monkeypatch, model_cls, code):
-    import pipeline.validate as validate_mod
+    import pipeline.validate.runner as validate_mod
     from pipeline.cli import cli
 
     monkeypatch.setattr(validate_mod, "load_model", _fake_loader(model_cls))
@@ -364,9 +364,9 @@ def test_cli_exit_code_and_reports(tmp_path, monkeypatch, model_cls, code):
 
 def test_cli_store_and_labels_feed_robustness_and_comparison(tmp_path, monkeypatch):
     """--store --labels: labelled images drive robustness; their cached vectors the comparison."""
-    import pipeline.validate as validate_mod
+    import pipeline.validate.runner as validate_mod
     from pipeline.cli import cli
-    from pipeline.extract import ExtractConfig, feature_spec
+    from pipeline.extract.spec import ExtractConfig, feature_spec
     from store.hdf5 import FeatureStore
     from store.keys import content_key, fingerprint
 
@@ -406,7 +406,7 @@ def test_cli_usage_errors(tmp_path):
 
 def test_real_resnet50_smoke():
     """The real model (random:0 weights) through the model checks that matter most."""
-    from pipeline.model import QualityPredictionModel
+    from pipeline.head.model import QualityPredictionModel
 
     model = QualityPredictionModel({"weights": "random:0"})
     cfg = ValidateConfig(checks=("dimensions", "gradients"), batch_sizes=(1, 2),

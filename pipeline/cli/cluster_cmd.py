@@ -26,7 +26,7 @@ def bench_cluster(images: int, repeats: int, workers: int, image_size: int, batc
                   out: Path) -> None:
     """Extract throughput here vs on a local Dask cluster (random:0 weights, fp32)."""
     from pipeline.atomic import atomic_write_text
-    from pipeline.bench_cluster import format_table, run_bench
+    from pipeline.bench.cluster import format_table, run_bench
 
     result = run_bench(n_images=images, repeats=repeats, workers=workers,
                        image_size=image_size, batch_size=batch_size,

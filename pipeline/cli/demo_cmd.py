@@ -41,8 +41,8 @@ def demo(labels: str, out_dir: str, weights: str | None, precision: str | None,
     report), score a few test images without torch, and print a summary."""
     from pipeline.config import build_config
     from pipeline.demo import run_demo
-    from pipeline.extract import ExtractConfig
-    from pipeline.train import TrainConfig
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.train.fit import TrainConfig
 
     ecfg = build_config(ExtractConfig, _opt(ROOT / "configs/extract.json"),
                         {"weights": weights, "precision": precision, "image_size": image_size})

@@ -106,9 +106,9 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 
     from pipeline.atomic import write_failure_report
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig
-    from pipeline.extract import extract as run_extract
-    from pipeline.images import IMAGE_SUFFIXES, expand_inputs
+    from pipeline.extract.runner import extract as run_extract
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.images.inputs import IMAGE_SUFFIXES, expand_inputs
 
     # Our own max_pixels guard rejects big images; Pillow's warning would only be noise.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -124,7 +124,7 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     if backend == "local":
         report = run_extract(paths, store_path, cfg, progress=not no_progress)
     else:  # pipeline/cluster.py: shards to workers, results back, this process writes
-        from pipeline.cluster import extract_on_cluster
+        from pipeline.extract.cluster import extract_on_cluster
 
         report = extract_on_cluster(paths, store_path, cfg, backend=backend,
                                     scheduler=scheduler, progress=not no_progress)
@@ -160,7 +160,7 @@ def bench_extract(images: int, repeats: int, batch_size: int, image_size: int, m
                   out: Path) -> None:
     """Extract throughput: naive seed loop vs defaults vs bf16 vs bf16+compile (random:0)."""
     from pipeline.atomic import atomic_write_text
-    from pipeline.bench_extract import format_table, run_bench
+    from pipeline.bench.extract import format_table, run_bench
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     bad = sorted(set(wanted) - set("abcd"))

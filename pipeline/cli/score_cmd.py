@@ -90,7 +90,7 @@ def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: boo
     per input in input order. Cached images are scored by a numpy copy of the head without
     importing torch; images that fail to decode print as failed rows."""
     from pipeline.config import build_config
-    from pipeline.images import expand_inputs
+    from pipeline.images.inputs import expand_inputs
     from pipeline.score import ScoreConfig, Scorer
 
     cfg = build_config(ScoreConfig, config_path, {"seed": seed})
@@ -133,8 +133,8 @@ def bench_score(n_keys: int, single: int, repeats: int, workdir: str | None, out
     """Scorer on cached keys: single-key p50/p99 on score-LRU hit, feature-LRU hit and store
     miss; N keys in one call vs the naive per-key loop; `ssimcache score` of one cached image as
     a fresh process (wall time, torch imported?). Prints a table and writes JSON."""
-    from pipeline.bench_score import format_table, run_bench
-    from pipeline.report import write_json
+    from pipeline.bench.score import format_table, run_bench
+    from pipeline.train.report import write_json
 
     result = run_bench(n_keys=n_keys, single=single, repeats=repeats, workdir=workdir)
     click.echo(format_table(result))

@@ -202,7 +202,7 @@ def prune(store_path: Path, keep: tuple[str, ...], keep_current: bool, config_pa
 def _current_fingerprint(config_path: str | None, overrides: dict[str, object]) -> str:
     # Imported here: stage one (and torch version probing) only when this flag is used.
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig, feature_spec
+    from pipeline.extract.spec import ExtractConfig, feature_spec
     from store.keys import fingerprint
     return fingerprint(feature_spec(build_config(ExtractConfig, config_path, overrides)))
 
@@ -274,7 +274,7 @@ def bench_store(rows: int, dim: int, dtypes: str, workdir: Path | None, keep: bo
     get_many of 10,000 random keys, each beside plain h5py reads of the same rows."""
     from tqdm import tqdm
 
-    from pipeline.bench_store import format_table, run_store_bench
+    from pipeline.bench.store import format_table, run_store_bench
     kinds = [d.strip() for d in dtypes.split(",") if d.strip()]
     bad = [d for d in kinds if d not in ("float16", "float32")]
     if bad or not kinds:

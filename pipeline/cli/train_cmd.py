@@ -46,7 +46,7 @@ def _fmt(v: Any) -> str:
 
 def metrics_table(named: dict[str, dict[str, Any]]) -> str:
     """Rows = sets, columns = metrics; per-family rows indented under each set."""
-    from pipeline.metrics import METRIC_KEYS
+    from pipeline.train.metrics import METRIC_KEYS
 
     lines = [f"{'set':<22}" + "".join(f"{k:>12}" for k in METRIC_KEYS)]
     for name, m in named.items():
@@ -89,8 +89,8 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
     store lacks), with a deterministic split by content key, AdamW, a cosine schedule and early
     stopping on validation loss. Metrics go into the checkpoint and are printed."""
     from pipeline.config import build_config
-    from pipeline.extract import ExtractConfig
-    from pipeline.train import TrainConfig, run_train
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.train.fit import TrainConfig, run_train
 
     cfg = build_config(TrainConfig, config_path,
                        {"epochs": epochs, "seed": seed, "val_fraction": val_fraction,
@@ -143,8 +143,8 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
              no_progress: bool) -> None:
     """Evaluate a checkpoint: MAE, RMSE, PLCC, SRCC, R², share within 0.05 / 0.1, overall and
     per family. Extractor settings default to those recorded in the checkpoint."""
-    from pipeline.evaluate import evaluate as run_eval
-    from pipeline.evaluate import write_reports
+    from pipeline.train.evaluate import evaluate as run_eval
+    from pipeline.train.evaluate import write_reports
 
     ev = run_eval(labels, store, checkpoint, split=split, config_path=extract_config,
                   overrides={"weights": weights, "precision": precision,
@@ -180,7 +180,7 @@ def export(checkpoint: str, fmt: str, out: str, full: bool, image_size: int | No
            as_json: bool) -> None:
     """Export the head (or backbone + head with --full) to ONNX or TorchScript; the export is
     run once against eager PyTorch and refused if any output differs by more than 1e-5."""
-    from pipeline.export import export as run_export
+    from pipeline.head.export import export as run_export
 
     result = run_export(checkpoint, fmt, out, full=full, image_size=image_size)
     if as_json:

@@ -62,7 +62,7 @@ def summary_table(report: dict) -> str:
               help="Repeated inferences of the leak check [default: 100 / config]")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON report here ('-' = stdout); schema: "
-                   "pipeline/validate_schema.json.")
+                   "pipeline/validate/schema.json.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
               help="Write the HTML report (tables + plots) here.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -80,13 +80,13 @@ def validate(checkpoint: str | None, weights: str | None, precision: str | None,
     check failed or on an error."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet torch.profiler's C++ logging
     from pipeline.config import build_config
-    from pipeline.validate import ValidateConfig, validate_files
-    from pipeline.validate_report import (
+    from pipeline.validate.report import (
         jsonable,
         schema_errors,
         write_html_report,
         write_json_report,
     )
+    from pipeline.validate.runner import ValidateConfig, validate_files
 
     cfg = build_config(ValidateConfig, config_path,
                        {"checks": checks, "leak_iterations": leak_iterations})

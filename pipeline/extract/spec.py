@@ -1,0 +1,133 @@
+"""Stage-one config (ExtractConfig) and the feature spec whose hash names a store namespace."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipeline.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `extract` needs. Fields marked (fp) change vectors and are in the fingerprint."""
+
+    weights: str = "imagenet"            # (fp) 'imagenet' | PATH | 'random:SEED'
+    precision: Literal["fp32", "bf16"] = "fp32"   # (fp) bf16 = autocast on CPU/CUDA
+    image_size: int = 224                # (fp) model input is image_size x image_size
+    resize: Literal["direct", "shorter+crop"] = "direct"  # (fp) direct: no crop (logos)
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"  # (fp)
+    antialias: bool = True               # (fp)
+    background: str = "white"            # (fp) colour under transparent pixels
+    mean: tuple[float, ...] = IMAGENET_MEAN  # (fp)
+    std: tuple[float, ...] = IMAGENET_STD    # (fp)
+    channels_last: bool = True           # (fp) may change the last bits of a vector
+    # (fp) fold each BatchNorm into the conv before it for inference: fp32 throughput 1.4-1.7x
+    # here (bench extract); changes the last bits (max abs diff ~1e-4 on vectors of ~200).
+    fuse_bn: bool = True
+    compile: bool = False                # (fp) torch.compile (inductor) the backbone
+    device: str = "cpu"                  # (fp, type only) cpu | cuda | cuda:N
+    dtype: Literal["float32", "float16"] = "float32"  # (fp) store dtype of the vectors
+    # Images per forward pass and per committed store batch. 8, not 32: on 2 cores ResNet-50
+    # runs ~1.5x faster at batch 8 than at 32 (activations of a big batch spill the caches).
+    batch_size: int = 8
+    workers: int = 0                     # decode threads; 0 = number of cores
+    threads: int = 0                     # torch intra-op threads; 0 = number of cores
+    max_pixels: int = 64_000_000         # larger images fail (decompression-bomb guard)
+    prefetch: int = 2                    # batches decoded ahead of the model
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "batch_size", "max_pixels", "prefetch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = number of cores)")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("mean and std must hold 3 values each, std > 0")
+        from pipeline.errors import PipelineError
+        from pipeline.images.decode import parse_background
+
+        try:
+            parse_background(self.background)
+        except PipelineError as e:
+            raise ConfigError(str(e)) from None
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device {self.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+
+    def n_workers(self) -> int:
+        return self.workers or cpu_count()
+
+    def n_threads(self) -> int:
+        return self.threads or cpu_count()
+
+
+# Fields that only change speed or reporting, never a vector; kept out of the fingerprint.
+NOT_IN_SPEC = frozenset({"batch_size", "workers", "threads", "max_pixels", "prefetch"})
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def library_versions() -> dict[str, str]:
+    """torch / torchvision / Pillow major.minor (a minor release may change kernels or resize)."""
+    import PIL
+    import torch
+    import torchvision
+
+    return {"torch": _major_minor(torch.__version__),
+            "torchvision": _major_minor(torchvision.__version__),
+            "pillow": _major_minor(PIL.__version__)}
+
+
+def feature_spec(cfg: ExtractConfig) -> dict[str, Any]:
+    """Every input that changes a stored vector, as plain JSON fields (never a repr).
+
+    `store.keys.fingerprint(feature_spec(cfg))` names the namespace; options in NOT_IN_SPEC
+    (batch size, workers, threads, limits) are left out so that tuning them keeps the cache.
+    """
+    from pipeline.extract.backbone import BACKBONE_ID
+    from pipeline.extract.weights import weights_identity
+    from pipeline.images.decode import COLOUR_PIPELINE, parse_background
+
+    return {
+        "backbone": BACKBONE_ID,
+        "weights": weights_identity(cfg.weights),
+        "precision": cfg.precision,
+        "channels_last": cfg.channels_last,
+        "fuse_bn": cfg.fuse_bn,
+        "compile": cfg.compile,
+        "device": cfg.device.split(":")[0],
+        "dtype": cfg.dtype,
+        "preprocess": {
+            "size": [cfg.image_size, cfg.image_size],
+            "resize": cfg.resize,
+            "interpolation": cfg.interpolation,
+            "antialias": cfg.antialias,
+            "mean": [float(v) for v in cfg.mean],
+            "std": [float(v) for v in cfg.std],
+            "background": list(parse_background(cfg.background)),
+            "colour": COLOUR_PIPELINE,
+        },
+        "versions": library_versions(),
+    }
+
+
+def spec_fields() -> list[str]:
+    """Config fields that enter the fingerprint (for docs and tests)."""
+    return [f.name for f in dataclasses.fields(ExtractConfig) if f.name not in NOT_IN_SPEC]

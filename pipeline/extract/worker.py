@@ -1,0 +1,157 @@
+"""The per-batch compute step: paths -> (keys, vectors, failures), with no store involved.
+
+`ExtractWorker` is what the local runner and the Dask runner share: it pickles without its
+model (rebuilt lazily in the process that uses it), decodes in a thread pool and runs the
+backbone with the config's precision / memory format / compile options.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError, ImageError
+from pipeline.extract.backbone import fuse_conv_bn, load_backbone
+from pipeline.extract.preprocess import Preprocess
+from pipeline.extract.spec import ExtractConfig
+from pipeline.images.inputs import read_file
+from store.keys import content_key
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced: `vectors[i]` belongs to `keys[i]`; failures are (path, reason)."""
+
+    keys: list[str]
+    vectors: np.ndarray  # (N, D) float32
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def failure_reason(path: str, err: Exception) -> str:
+    """The error message without its leading "path: " (the report has a path column)."""
+    msg = str(err)
+    return msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
+
+
+class ExtractWorker:
+    """Decode + preprocess + backbone for one config; `compute(paths)` is the whole step."""
+
+    def __init__(self, cfg: ExtractConfig, backbone: nn.Module | None = None,
+                 builder: Callable[[ExtractConfig], nn.Module] = load_backbone) -> None:
+        self.cfg = cfg
+        self.pre = Preprocess(cfg)
+        self._backbone = backbone
+        self._builder = builder
+        self._model: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.device = torch.device(cfg.device)
+
+    # Pickling (Dask): ship the config and builder, never a model or a thread pool.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_model"] = None
+        state["_pool"] = None
+        return state
+
+    def prepare(self) -> None:
+        """Build the backbone (if not injected) and apply the speed options; idempotent."""
+        if self._model is not None:
+            return
+        cfg = self.cfg
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available; "
+                              "use --device cpu")
+        torch.set_num_threads(cfg.n_threads())
+        if self._backbone is not None:
+            model = self._backbone  # injected (tests, custom backbones): used as given
+        else:
+            model = self._builder(cfg)
+            if cfg.fuse_bn:
+                model = fuse_conv_bn(model)
+        model = model.eval().to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._backbone = model
+        self._model = torch.compile(model, dynamic=False) if cfg.compile else model
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.cfg.n_workers(), thread_name_prefix="decode")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def load(self, path: str | Path, key: str | None = None) -> tuple[str, np.ndarray]:
+        """Read, hash, decode and resize one file -> (key, uint8 (S, S, 3)). Raises ImageError.
+
+        The key is recomputed from the bytes actually decoded, so a file rewritten after it
+        was hashed can never store its vector under the old content's key.
+        """
+        data = read_file(path)
+        actual = content_key(data)
+        if key is not None and actual != key:
+            raise ImageError(f"{path}: file changed while extracting; run extract again")
+        return actual, self.pre.resize(self.pre.decode(data, name=str(path)))
+
+    def to_input(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the device."""
+        return self.pre.to_tensor(batch, self.device)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (B, S, S, 3) -> float32 (B, D) vectors."""
+        self.prepare()
+        assert self._model is not None
+        n = batch.shape[0]
+        if self.cfg.compile and n < self.cfg.batch_size:
+            # Pad the short last batch: one static shape, so inductor compiles only once.
+            pad = np.zeros((self.cfg.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        x = self.to_input(batch)
+        with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            y = self._model(x)  # (B, D)
+        return y[:n].float().cpu().numpy()
+
+    def load_many(self, paths: Sequence[str | Path],
+                  keys: Sequence[str] | None = None) -> tuple[list[str], list[np.ndarray],
+                                                              list[tuple[str, str]]]:
+        """Decode `paths` in the thread pool -> (keys, uint8 images, failures)."""
+        keys_in = list(keys) if keys is not None else [None] * len(paths)
+        futures = [self.pool.submit(self.load, p, k) for p, k in zip(paths, keys_in, strict=True)]
+        ok_keys, images, failures = [], [], []
+        for p, fut in zip(paths, futures, strict=True):
+            try:
+                k, arr = fut.result()
+            except ImageError as e:
+                failures.append((str(p), failure_reason(str(p), e)))
+                continue
+            ok_keys.append(k)
+            images.append(arr)
+        return ok_keys, images, failures
+
+    def compute(self, paths: Sequence[str | Path],
+                keys: Sequence[str] | None = None) -> BatchResult:
+        """paths -> BatchResult; bad images become failures, never exceptions."""
+        t0 = time.perf_counter()
+        ok_keys, images, failures = self.load_many(paths, keys)
+        t1 = time.perf_counter()
+        if images:
+            vectors = np.concatenate([self.forward(np.stack(images[i:i + self.cfg.batch_size]))
+                                      for i in range(0, len(images), self.cfg.batch_size)])
+        else:
+            vectors = np.zeros((0, getattr(self._backbone, "feature_dim", 2048)), np.float32)
+        t2 = time.perf_counter()
+        return BatchResult(ok_keys, vectors, failures, {"decode_s": t1 - t0, "model_s": t2 - t1})

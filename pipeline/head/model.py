@@ -1,0 +1,96 @@
+"""QualityPredictionModel: ResNet-50 backbone + SSIM head in one module (images -> SSIM)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from pipeline.extract.backbone import load_backbone
+from pipeline.head.config import HeadConfig
+from pipeline.head.mlp import SSIMPredictor
+
+# `pretrained: True` means ImageNet weights, which cannot be downloaded on offline machines;
+# this variable maps it to another weights spec (tests and CI set it to "random:0").
+PRETRAINED_ENV = "SSIMCACHE_PRETRAINED_WEIGHTS"
+
+KNOWN_KEYS = {"pretrained", "weights", "freeze_backbone", "feature_dim", "hidden_dims",
+              "dropout_rate", "use_batch_norm", "output", "version", "training"}
+
+
+def resolve_weights(config: dict[str, Any]) -> str:
+    """The backbone weights spec of a model config: an explicit `weights` wins; otherwise
+    `pretrained: True` -> $SSIMCACHE_PRETRAINED_WEIGHTS or 'imagenet', False -> 'random:0'."""
+    if config.get("weights"):
+        return str(config["weights"])
+    if config.get("pretrained", True):
+        return os.environ.get(PRETRAINED_ENV) or "imagenet"
+    return "random:0"
+
+
+class QualityPredictionModel(nn.Module):
+    """Backbone (B, 3, H, W) -> (B, 2048) features -> head -> (B, 1) SSIM.
+
+    `config` is the seed plan's dict (pretrained, freeze_backbone, feature_dim, hidden_dims,
+    dropout_rate, use_batch_norm, version, training) plus optional `weights` and `output`.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None,
+                 backbone: nn.Module | None = None, head: SSIMPredictor | None = None) -> None:
+        super().__init__()
+        config = dict(config or {})
+        unknown = sorted(set(config) - KNOWN_KEYS)
+        if unknown:
+            raise ConfigError(f"QualityPredictionModel: unknown config key(s) {unknown}; "
+                              f"known keys: {sorted(KNOWN_KEYS)}")
+        self.config = config
+        self.weights = resolve_weights(config)
+        self.feature_extractor = backbone if backbone is not None else load_backbone(
+            self.weights, freeze=bool(config.get("freeze_backbone", True)))
+        self.predictor = head if head is not None else SSIMPredictor(HeadConfig(
+            input_dim=int(config.get("feature_dim", 2048)),
+            hidden_dims=tuple(config.get("hidden_dims", (1024, 512, 256, 128))),
+            dropout=float(config.get("dropout_rate", 0.3)),
+            batch_norm=bool(config.get("use_batch_norm", True)),
+            output=config.get("output", "sigmoid")))
+        self.model_version = str(config.get("version", "1.0.0"))
+        self.training_config = dict(config.get("training", {}))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, backbone: nn.Module | None = None
+                        ) -> QualityPredictionModel:
+        """Backbone from the weights recorded in the checkpoint, head from its tensors."""
+        from pipeline.head.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        head, _ = ckpt.build_head(strict=True)
+        weights = ckpt.meta.get("extract_config", {}).get("weights", "imagenet")
+        return cls({"weights": weights, "feature_dim": ckpt.head_config.input_dim},
+                   backbone=backbone, head=head).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) normalised images -> ((B, 1) SSIM, (B, 2048) features)."""
+        features = self.feature_extractor(x)
+        return self.predictor(features), features
+
+    def predict_ssim(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1) predicted SSIM."""
+        return self.predictor(self.feature_extractor(x))
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 2048) pooled backbone features."""
+        return self.feature_extractor(x)
+
+
+class SSIMOnly(nn.Module):
+    """Export wrapper: images -> (B, 1) SSIM only (ONNX/TorchScript want one output)."""
+
+    def __init__(self, model: QualityPredictionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.predict_ssim(x)

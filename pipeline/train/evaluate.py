@@ -1,0 +1,79 @@
+"""Evaluate a checkpoint on labelled images: metrics overall and per family, JSON/HTML reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.head.checkpoint import load_checkpoint
+from pipeline.head.numpy_head import NumpyHead
+from pipeline.train.metrics import metrics_report
+from pipeline.train.report import write_html, write_json
+
+SPLITS = ("all", "train", "val", "test")
+
+
+@dataclass
+class Evaluation:
+    report: dict[str, Any]        # the issue's JSON: n, mae, ..., per_family
+    y_true: np.ndarray            # (N,)
+    y_pred: np.ndarray            # (N,)
+    families: list[str | None]
+    context: dict[str, Any]       # checkpoint, fingerprint, split, skipped (count), ...
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) unreadable
+
+
+def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | Path, *,
+             split: str = "all", config_path: str | Path | None = None,
+             overrides: dict[str, Any] | None = None, cached_only: bool = False,
+             progress: bool = True, backbone: Any = None) -> Evaluation:
+    """Predict every labelled image (extracting missing vectors with the checkpoint's extractor
+    settings) and compute the metrics; `split` keeps only rows of that train-time split.
+    Images that cannot be read are left out of the metrics and listed in `skipped`."""
+    from pipeline.train.features import extract_config_for, gather
+    from pipeline.train.fit import split_of
+    from pipeline.train.labels_csv import read_labels
+
+    if split not in SPLITS:
+        raise PipelineError(f"split must be one of {SPLITS}, got {split!r}")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = extract_config_for(ckpt.meta.get("extract_config", {}), config_path, overrides)
+    rows = read_labels(labels_csv)
+    data = gather(rows, store_path, cfg, cached_only=cached_only, progress=progress,
+                  backbone=backbone, expected_fingerprint=ckpt.fingerprint)
+    idx = np.arange(len(data.keys))
+    if split != "all":
+        s = ckpt.meta.get("split")
+        if not s:
+            raise PipelineError(f"checkpoint {checkpoint} records no split; use --split all")
+        idx = np.array([i for i, k in enumerate(data.keys)
+                        if split_of(k, s["seed"], s["val_fraction"], s["test_fraction"]) == split],
+                       dtype=int)
+        if len(idx) == 0:
+            raise PipelineError(f"no labelled rows fall in the '{split}' split")
+    head = NumpyHead(ckpt.numpy_head, output=ckpt.head_config.output)
+    y_pred = head(data.x[idx])
+    y_true = data.y[idx]
+    families = [data.families[i] for i in idx]
+    report = metrics_report(y_true, y_pred, families)
+    context = {"checkpoint": str(checkpoint), "labels": str(labels_csv),
+               "fingerprint": ckpt.fingerprint, "split": split,
+               "weights": cfg.weights, "extracted": data.extracted,
+               "skipped": len(data.skipped)}
+    return Evaluation(report, y_true, y_pred, families, context, skipped=data.skipped)
+
+
+def write_reports(ev: Evaluation, json_path: str | Path | None = None,
+                  html_path: str | Path | None = None) -> list[Path]:
+    """Write the JSON report (exactly the metric dict) and/or the HTML page, atomically."""
+    written = []
+    if json_path:
+        written.append(write_json(json_path, ev.report))
+    if html_path:
+        written.append(write_html(html_path, ev.report, ev.y_true, ev.y_pred, ev.families,
+                                  context=ev.context))
+    return written

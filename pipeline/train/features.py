@@ -1,0 +1,166 @@
+"""Feature vectors for labelled images: hash, extract what the store lacks, read the namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.train.labels_csv import LabelRow
+from store.errors import StoreNotFoundError
+from store.hdf5 import FeatureStore
+from store.keys import content_key
+
+
+@dataclass
+class LabelledSet:
+    """Rows that have a vector, aligned: keys[i], x[i] (D,), y[i], families[i]."""
+
+    rows: list[LabelRow]
+    keys: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    families: list[str | None]
+    fingerprint: str
+    extracted: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _show(paths: Sequence[Any], limit: int = 10) -> str:
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" ... and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def missing_keys(store_path: str | Path, fp: str, keys: Sequence[str]) -> list[str]:
+    """Keys absent from namespace `fp` (all of them when the store or namespace is absent)."""
+    try:
+        with FeatureStore(store_path, mode="r") as fs:
+            if not fs.has_namespace(fp):
+                return list(dict.fromkeys(keys))
+            return fs.namespace(fp).missing(list(keys))
+    except StoreNotFoundError:
+        return list(dict.fromkeys(keys))
+
+
+def store_fingerprints(store_path: str | Path) -> list[str]:
+    """Namespaces the store holds ([] when the file is absent), for error messages."""
+    try:
+        with FeatureStore(store_path, mode="r") as fs:
+            return fs.fingerprints()
+    except StoreNotFoundError:
+        return []
+
+
+# ExtractConfig field -> `ssimcache extract` flag, for the fields that enter the fingerprint.
+_FLAGS = {"weights": "--weights", "precision": "--precision", "image_size": "--image-size",
+          "resize": "--resize", "interpolation": "--interpolation", "antialias": "antialias",
+          "background": "--background", "channels_last": "channels-last", "fuse_bn": "fuse-bn",
+          "compile": "compile", "device": "--device", "dtype": "--dtype"}
+_ALWAYS = ("weights", "precision", "image_size")
+
+
+def extract_flags(cfg: Any) -> str:
+    """`ssimcache extract` flags that select `cfg`'s namespace: weights, precision and image
+    size always, other fingerprint fields where they differ from configs/extract.json."""
+    from pipeline.config import build_config
+    from pipeline.extract.spec import ExtractConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "extract.json"
+    base = build_config(ExtractConfig, shipped if shipped.is_file() else None)
+    out = []
+    for name, flag in _FLAGS.items():
+        value = getattr(cfg, name)
+        if name not in _ALWAYS and value == getattr(base, name):
+            continue
+        if isinstance(value, bool):  # --x/--no-x switches
+            out.append(f"--{'' if value else 'no-'}{flag}")
+        else:
+            out.append(f"{flag} {value}")
+    if (cfg.mean, cfg.std) != (base.mean, base.std):
+        out.append("--config FILE (with the checkpoint's mean/std)")
+    return " ".join(out)
+
+
+def read_vectors(store_path: str | Path, fp: str, keys: Sequence[str]) -> np.ndarray:
+    """(N, D) float32 vectors of `keys` (duplicates allowed) from namespace `fp`."""
+    unique = list(dict.fromkeys(keys))
+    with FeatureStore(store_path, mode="r") as fs:
+        ns = fs.namespace(fp)
+        block = np.asarray(ns.get_many(unique), dtype=np.float32)  # (U, D)
+    where = {k: i for i, k in enumerate(unique)}
+    return block[[where[k] for k in keys]]
+
+
+def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *,
+           cached_only: bool = False, progress: bool = True, backbone: Any = None,
+           expected_fingerprint: str | None = None) -> LabelledSet:
+    """Vectors for `rows` under `extract_cfg`'s namespace. Missing images are extracted into the
+    store first (torch), or with `cached_only` listed in a PipelineError. Images that fail to
+    decode are skipped and listed in `skipped` (path, reason), never a crash.
+    `expected_fingerprint` (a checkpoint's) is checked before any work."""
+    from pipeline.extract.runner import extract
+    from pipeline.extract.spec import feature_spec
+    from store.keys import fingerprint
+
+    fp = fingerprint(feature_spec(extract_cfg))
+    if expected_fingerprint is not None and fp != expected_fingerprint:
+        from pipeline.errors import CheckpointError
+
+        raise CheckpointError(
+            f"the checkpoint was trained on features with fingerprint {expected_fingerprint}, "
+            f"but the extractor settings given select fingerprint {fp}: drop --weights/"
+            "--precision/--image-size/--config to use the checkpoint's own settings")
+    keys = [content_key(r.path) for r in rows]
+    absent = set(missing_keys(store_path, fp, keys))
+    todo = [r.path for r, k in zip(rows, keys, strict=True) if k in absent]
+    extracted = 0
+    skipped: list[tuple[str, str]] = []
+    if todo and cached_only:
+        held = store_fingerprints(store_path)
+        raise PipelineError(
+            f"{len(todo)} labelled image(s) are not in the store {store_path} under fingerprint "
+            f"{fp} (the store holds {', '.join(held) or 'no namespace'}): {_show(todo)}; run "
+            f"`ssimcache extract --store {store_path} {extract_flags(extract_cfg)} IMAGES...` "
+            "on them or drop --cached-only")
+    if todo:
+        report = extract(list(dict.fromkeys(todo)), store_path, extract_cfg,
+                         backbone=backbone, progress=progress)
+        extracted = report.computed
+        skipped = [(str(p), str(reason)) for p, reason in report.failures]
+    bad = {s[0] for s in skipped}
+    keep = [i for i, r in enumerate(rows) if str(r.path) not in bad]
+    if not keep:
+        raise PipelineError(f"none of the {len(rows)} labelled images could be read; "
+                            f"first failure: {skipped[0] if skipped else '?'}")
+    kept_rows = [rows[i] for i in keep]
+    kept_keys = [keys[i] for i in keep]
+    x = read_vectors(store_path, fp, kept_keys)
+    return LabelledSet(rows=kept_rows, keys=kept_keys, x=x,
+                       y=np.array([r.ssim for r in kept_rows], dtype=np.float32),
+                       families=[r.family for r in kept_rows], fingerprint=fp,
+                       extracted=extracted, skipped=skipped)
+
+
+def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> Any:
+    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
+
+    A user never has to repeat the extractor options; giving different ones is caught by
+    `gather(expected_fingerprint=...)`."""
+    import json
+
+    from pipeline.config import build_config
+    from pipeline.extract.spec import ExtractConfig
+
+    merged = dict(saved)
+    if config_path is not None:
+        # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the
+        # raw keys are then layered over the checkpoint's settings.
+        build_config(ExtractConfig, config_path)
+        merged.update(json.loads(Path(config_path).read_text()))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(ExtractConfig, None, merged)

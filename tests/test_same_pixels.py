@@ -1,0 +1,61 @@
+"""Labels and features decode an image to the same pixels, whatever its mode (one decoder)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.extract.preprocess import Preprocess
+from pipeline.extract.spec import ExtractConfig
+from pipeline.labels.definition import decode_for_label
+
+MODES = ["1", "L", "LA", "La", "P", "P+transparency", "PA", "RGB", "RGBA", "RGBa", "I",
+         "I;16", "F", "CMYK", "YCbCr", "LAB", "HSV"]
+
+
+def _image(mode: str) -> Image.Image:
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (24, 32, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rng.random((24, 32)) < 0.3, 0, rgba[..., 3])  # some see-through
+    base = Image.fromarray(rgba, "RGBA")
+    if mode == "P+transparency":
+        img = base.convert("RGB").quantize(16)
+        img.info["transparency"] = 3
+        return img
+    if mode in ("I", "I;16", "F"):
+        grey = rng.integers(0, 65536 if mode != "F" else 300, (24, 32))
+        if mode == "I;16":
+            return Image.frombytes("I;16", (32, 24), grey.astype("<u2").tobytes())
+        return Image.fromarray(grey.astype(np.int32 if mode == "I" else np.float32))
+    if mode in ("RGBa", "La", "PA"):
+        return base.convert(mode) if mode != "PA" else base.convert("P").convert("PA")
+    return base.convert(mode)
+
+
+def _encoded(img: Image.Image) -> bytes | None:
+    for fmt in ("PNG", "TIFF", "WEBP"):
+        buf = io.BytesIO()
+        try:
+            img.save(buf, format=fmt)
+        except (OSError, ValueError, KeyError):
+            continue
+        return buf.getvalue()
+    return None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_label_and_feature_decoders_see_the_same_pixels(mode):
+    data = _encoded(_image(mode))
+    if data is None:
+        pytest.skip(f"no Pillow writer takes mode {mode}")
+    for_label = np.asarray(decode_for_label(data))
+    for_features = np.asarray(Preprocess(ExtractConfig(weights="random:0")).decode(data))
+    assert for_label.dtype == np.uint8 and for_label.shape == (24, 32, 3)
+    np.testing.assert_array_equal(for_label, for_features)
+
+
+def test_most_modes_are_covered():
+    assert sum(_encoded(_image(m)) is not None for m in MODES) >= 13
