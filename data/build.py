@@ -50,7 +50,9 @@ SOURCE_RE = re.compile(r"^(?P<source>.+)_(?P<size>\d+)(?:_c(?P<crop>\d+))?\.(?P<
 # which cost ~5 s to label and ~250 KB to store at 1024, lean small.
 SIZES = (128, 192, 256, 384, 512, 768, 1024)
 ICON_WEIGHTS = (3, 3, 3, 3, 2.5, 1.5, 1)
-PHOTO_WEIGHTS = (4, 4, 4, 3, 2, 0.8, 0.4)
+# Gradient/shaded SVGs make PNGs 5-10x larger than flat icons at the same size: fewer big ones.
+RICH_WEIGHTS = (3, 3, 3, 3, 2, 0.8, 0.5)
+PHOTO_WEIGHTS = (4, 4, 4, 3, 2, 1, 0.6)
 JPEG_QUALITY = 92
 
 # Skin-tone variants are near-duplicates of their base emoji; keep one variant per emoji.
@@ -95,13 +97,13 @@ class Family:
 FAMILIES = (
     Family("twemoji", 220, "svg", ICON_WEIGHTS),
     Family("fluent_flat", 220, "svg", ICON_WEIGHTS),
-    Family("fluent_modern", 250, "svg", ICON_WEIGHTS),
+    Family("fluent_modern", 250, "svg", RICH_WEIGHTS),
     Family("simple_icons", 250, "svg", ICON_WEIGHTS),
     Family("tabler", 220, "svg", ICON_WEIGHTS),
     Family("flags", 200, "svg", ICON_WEIGHTS),
     Family("meteocons", 200, "svg", ICON_WEIGHTS),
-    Family("tango", 200, "svg", ICON_WEIGHTS),
-    Family("openclipart", 300, "svg", ICON_WEIGHTS),
+    Family("tango", 200, "svg", RICH_WEIGHTS),
+    Family("openclipart", 300, "svg", RICH_WEIGHTS),
     Family("photo", 260, "crop", PHOTO_WEIGHTS),
     Family("texture", 200, "crop", PHOTO_WEIGHTS),
     Family("digital_art", 150, "crop", PHOTO_WEIGHTS),
@@ -276,8 +278,12 @@ def read_gimp_pat(path: Path) -> Image.Image:
     if raw[20:24] != b"GPAT" or version != 1:
         raise ValueError(f"{path}: not a GIMP pattern")
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[depth]
-    im = Image.frombytes(mode, (width, height), raw[header_size : header_size + width * height * depth])
-    return im.convert("RGB") if mode in ("LA", "RGBA") else im
+    im = Image.frombytes(mode, (width, height),
+                         raw[header_size : header_size + width * height * depth])
+    if mode in ("LA", "RGBA"):  # e.g. Legacy/Stripes*px: black stripes on transparency
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")
+    return im
 
 
 def open_raster(path: Path) -> Image.Image:
@@ -328,7 +334,10 @@ def raster_sources(fam: str, deb: Path) -> list[tuple[str, Path]]:
         return sorted(out)
     if fam == "texture":
         pats = sorted((deb / "usr/share/gimp/2.0/patterns").rglob("*.pat"))
-        out = [(slug("gimp-" + p.stem), p) for p in pats]
+        # gimp-data keeps its patterns in category folders, gimp-data-extras at the top level;
+        # the prefix keeps the package (and so the licence) in the file name.
+        out = [(slug(("gimp-" if p.parent.name != "patterns" else "gimpextras-") + p.stem), p)
+               for p in pats]
         paper = sorted((deb / "usr/share/mypaint/backgrounds").rglob("*.png"))
         out += [(slug("mypaint-" + p.stem), p) for p in paper]
         return sorted(out)
@@ -460,15 +469,30 @@ def summary(csv_path: Path) -> str:
     return "\n".join(fam_lines) + "\n\n" + "\n".join(size_lines)
 
 
-def label_all(out: Path, workers: int) -> None:
-    """Label every image under out/images, family by family, into out/labels.csv."""
+def label_all(out: Path, workers: int, only: set[str] = frozenset()) -> None:
+    """Label the images under out/images, family by family, into out/labels.csv, through the
+    package's labelling API (`pipeline.labels`: the same code as `ssimcache label`).
+
+    With `only`, just those families are labelled and the other families' rows are kept.
+    The rows end sorted by path (= by family, then file name) whichever way they were made.
+    """
+    import csv
+
     from tqdm import tqdm
 
     from pipeline.labels import append_labels, label_images
 
     images_dir, csv_path = out / "images", out / "labels.csv"
-    csv_path.unlink(missing_ok=True)
-    families = family_images(images_dir)
+    kept: list[list[str]] = []
+    if only and csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            kept = [rec for rec in reader if rec and rec[header.index("family")] not in only]
+    fresh = out / "labels.new.csv"  # same folder: the same relative paths
+    fresh.unlink(missing_ok=True)
+    families = {fam: paths for fam, paths in family_images(images_dir).items()
+                if not only or fam in only}
     total = sum(len(v) for v in families.values())
     with tqdm(total=total, desc="labelling", unit="img") as bar:
         for fam, paths in families.items():
@@ -476,7 +500,19 @@ def label_all(out: Path, workers: int) -> None:
             for path, reason in result.failures:  # dropped from the set, never silently
                 print(f"FAILED {path}: {reason}", file=sys.stderr)
                 path.unlink()
-            append_labels(csv_path, result.labels, fam)
+            append_labels(fresh, result.labels, fam)
+    with open(fresh, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = kept + [rec for rec in reader if rec]
+    if header != ["path", "ssim", "svg_bytes", "family"]:
+        raise SystemExit(f"unexpected labels header {header}")
+    rows.sort(key=lambda rec: rec[0])
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    fresh.unlink()
 
 
 def main() -> None:
@@ -487,7 +523,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "data", help="dataset folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="labelling processes")
-    ap.add_argument("--only", default="", help="comma-separated families to (re)render")
+    ap.add_argument("--only", default="",
+                    help="comma-separated families to (re)render and (re)label; the other "
+                         "families' images and rows are kept")
     step = ap.add_mutually_exclusive_group()
     step.add_argument("--images-only", action="store_true", help="render images, no labels")
     step.add_argument("--labels-only", action="store_true", help="label the images on disk")
@@ -495,16 +533,18 @@ def main() -> None:
     args = ap.parse_args()
 
     images_dir, csv_path = args.out / "images", args.out / "labels.csv"
+    only = set(filter(None, args.only.split(",")))
+    if only - {f.name for f in FAMILIES}:
+        ap.error(f"unknown families in --only: {sorted(only - {f.name for f in FAMILIES})}")
     if args.summary_only:
         print(summary(csv_path))
         return
     if not args.labels_only:
         if args.npm is None or args.deb_root is None:
             ap.error("--npm and --deb-root are needed to render images")
-        only = set(filter(None, args.only.split(",")))
         if not only:  # a rebuild never mixes in stale files
             shutil.rmtree(images_dir, ignore_errors=True)
-        csv_path.unlink(missing_ok=True)
+            csv_path.unlink(missing_ok=True)
         for i, fam in enumerate(FAMILIES):
             if only and fam.name not in only:
                 continue
@@ -517,7 +557,7 @@ def main() -> None:
                 build_crop_family(fam, rng, args.deb_root, out_dir)
     if args.images_only:
         return
-    label_all(args.out, args.workers)
+    label_all(args.out, args.workers, only)
     print(summary(csv_path))
 
 
