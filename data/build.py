@@ -30,7 +30,7 @@ import shutil
 import statistics
 import struct
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,7 +438,8 @@ def family_images(images_dir: Path) -> dict[str, list[Path]]:
 
 
 def summary(csv_path: Path) -> str:
-    """Markdown tables of ssim and svg_bytes per family and per size bucket."""
+    """Markdown tables of ssim and svg_bytes per family and per size bucket, and the count of
+    images per family and size bucket."""
     import csv
 
     with open(csv_path, newline="", encoding="utf-8") as f:
@@ -466,7 +467,13 @@ def summary(csv_path: Path) -> str:
     fam_lines.append(line("**all**", rows))
     size_lines = [head.format("longer side")]
     size_lines += [line(str(s), by_size[s]) for s in sorted(by_size)]
-    return "\n".join(fam_lines) + "\n\n" + "\n".join(size_lines)
+    sizes = sorted(by_size)
+    grid = ["| family | " + " | ".join(str(s) for s in sizes) + " |",
+            "|---|" + "---:|" * len(sizes)]
+    for f in sorted(by_family):
+        n = Counter(int(SOURCE_RE.match(Path(r["path"]).name)["size"]) for r in by_family[f])
+        grid.append(f"| {f} | " + " | ".join(str(n[s]) for s in sizes) + " |")
+    return "\n\n".join("\n".join(t) for t in (fam_lines, size_lines, grid))
 
 
 def label_all(out: Path, workers: int, only: set[str] = frozenset()) -> None:
