@@ -200,7 +200,7 @@ def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path)
     args = ["label", str(imgs), "--out", str(out), "--workers", "1", "--no-progress"]
     kill_at = 3
     child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(kill_at), *args],
-                           cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           cwd=Path(__file__).resolve().parents[2], capture_output=True,
                            text=True)
     assert child.returncode == -signal.SIGKILL, child.stderr
     text = out.read_text()

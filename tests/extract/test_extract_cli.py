@@ -21,7 +21,7 @@ from pipeline.cli import cli
 from pipeline.extract.weights import PROBE_TIMEOUT_S, host_reachable
 from store.hdf5 import FeatureStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--weights", "random:0", "--image-size", "32", "--no-progress"]
 
 
