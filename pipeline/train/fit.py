@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
+from pipeline.measure import peak_rss_mb
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,6 @@ def describe(cfg: TrainConfig) -> dict[str, Any]:
     return config_to_dict(cfg)
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConfig, out: str, *,
               cached_only: bool = False, progress: bool = True,
               backbone: Any = None) -> dict[str, Any]:
@@ -228,4 +223,4 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
     return {"checkpoint": str(out), "fingerprint": data.fingerprint,
             "rows": len(rows), "extracted": data.extracted, **split_info["counts"],
             **training, "skipped": data.skipped, "metrics": metrics,
-            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1)}

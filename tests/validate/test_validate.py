@@ -302,7 +302,7 @@ def test_schema_rejects_malformed_reports():
     report = json.loads(json.dumps(run_validation(Healthy(), dataclasses.replace(
         SMALL, checks=("dimensions",)))))
     assert schema_errors(report) == []
-    assert load_schema()["properties"]["schema_version"]["enum"] == [1]
+    assert load_schema()["properties"]["schema_version"]["enum"] == [2]
     bad = json.loads(json.dumps(report))
     del bad["checks"]["dimensions"]["figures"]
     assert any("missing required key 'figures'" in e for e in schema_errors(bad))
