@@ -186,8 +186,7 @@ class Scorer:
     def _extract(self, paths: list[str], progress: bool, config_path: str | Path | None,
                  overrides: dict[str, Any] | None) -> None:
         from pipeline.extract.runner import extract
-        from pipeline.extract.spec import feature_spec
-        from pipeline.train.features import extract_config_for
+        from pipeline.extract.spec import extract_config_for, feature_spec
         from store.keys import fingerprint
 
         cfg = extract_config_for(self.checkpoint.meta.get("extract_config", {}), config_path,

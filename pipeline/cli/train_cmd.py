@@ -150,7 +150,7 @@ def export(checkpoint: str, fmt: str, out: str, full: bool, image_size: int | No
            as_json: bool) -> None:
     """Export the head (or backbone + head with --full) to ONNX or TorchScript; the export is
     run once against eager PyTorch and refused if any output differs by more than 1e-5."""
-    from pipeline.head.export import export as run_export
+    from pipeline.export.formats import export as run_export
 
     result = run_export(checkpoint, fmt, out, full=full, image_size=image_size)
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import ConfigError
@@ -148,3 +149,23 @@ def extract_flags(cfg: ExtractConfig) -> str:
     if (cfg.mean, cfg.std) != (base.mean, base.std):
         out.append("--config FILE (with the checkpoint's mean/std)")
     return " ".join(out)
+
+
+def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> ExtractConfig:
+    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
+
+    A user never has to repeat the extractor options; giving different ones is caught by
+    `gather(expected_fingerprint=...)`."""
+    import json
+
+    from pipeline.config import build_config
+
+    merged = dict(saved)
+    if config_path is not None:
+        # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the
+        # raw keys are then layered over the checkpoint's settings.
+        build_config(ExtractConfig, config_path)
+        merged.update(json.loads(Path(config_path).read_text()))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(ExtractConfig, None, merged)

@@ -113,24 +113,3 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
                        y=np.array([r.ssim for r in kept_rows], dtype=np.float32),
                        families=[r.family for r in kept_rows], fingerprint=fp,
                        extracted=extracted, skipped=skipped)
-
-
-def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
-                       overrides: dict[str, Any] | None = None) -> Any:
-    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
-
-    A user never has to repeat the extractor options; giving different ones is caught by
-    `gather(expected_fingerprint=...)`."""
-    import json
-
-    from pipeline.config import build_config
-    from pipeline.extract.spec import ExtractConfig
-
-    merged = dict(saved)
-    if config_path is not None:
-        # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the
-        # raw keys are then layered over the checkpoint's settings.
-        build_config(ExtractConfig, config_path)
-        merged.update(json.loads(Path(config_path).read_text()))
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_config(ExtractConfig, None, merged)

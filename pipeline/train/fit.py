@@ -174,13 +174,6 @@ def predict(head: SSIMPredictor, x: np.ndarray, batch_size: int = 4096) -> np.nd
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def describe(cfg: TrainConfig) -> dict[str, Any]:
-    """JSON-ready training config for the checkpoint."""
-    from pipeline.config import config_to_dict
-
-    return config_to_dict(cfg)
-
-
 def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConfig, out: str, *,
               cached_only: bool = False, progress: bool = True,
               backbone: Any = None) -> dict[str, Any]:
@@ -218,7 +211,7 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
                 "labels": str(labels_csv), "skipped": len(data.skipped)}
     save_checkpoint(out, result.head, fingerprint=data.fingerprint,
                     feature_spec=feature_spec(extract_cfg),
-                    extract_config=config_to_dict(extract_cfg), train_config=describe(cfg),
+                    extract_config=config_to_dict(extract_cfg), train_config=config_to_dict(cfg),
                     metrics=metrics, extra={"split": split_info, "training": training})
     return {"checkpoint": str(out), "fingerprint": data.fingerprint,
             "rows": len(rows), "extracted": data.extracted, **split_info["counts"],

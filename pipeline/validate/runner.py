@@ -103,10 +103,9 @@ def load_model(checkpoint: str | None, extract_config: str | None = None,
     """(model, ExtractConfig, Checkpoint | None, source) for the CLI: the checkpoint's head and
     recorded extractor settings, or an untrained default head on configs/extract.json's."""
     from pipeline.config import build_config
+    from pipeline.export.model import QualityPredictionModel
     from pipeline.extract.backbone import load_backbone
-    from pipeline.extract.spec import ExtractConfig
-    from pipeline.head.model import QualityPredictionModel
-    from pipeline.train.features import extract_config_for
+    from pipeline.extract.spec import ExtractConfig, extract_config_for
 
     if checkpoint is not None:
         from pipeline.head.checkpoint import load_checkpoint

@@ -406,7 +406,7 @@ def test_cli_usage_errors(tmp_path):
 
 def test_real_resnet50_smoke():
     """The real model (random:0 weights) through the model checks that matter most."""
-    from pipeline.head.model import QualityPredictionModel
+    from pipeline.export.model import QualityPredictionModel
 
     model = QualityPredictionModel({"weights": "random:0"})
     cfg = ValidateConfig(checks=("dimensions", "gradients"), batch_sizes=(1, 2),
