@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import click
@@ -48,16 +47,12 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     Inputs already in the store's namespace for this configuration are skipped, so a rerun
     after a crash resumes and a grown folder computes only the new images.
     """
-    from PIL import Image
-
     from pipeline.atomic import write_failure_report
     from pipeline.config import build_config
     from pipeline.extract.runner import extract as run_extract
     from pipeline.extract.spec import ExtractConfig
     from pipeline.images.inputs import IMAGE_SUFFIXES, expand_inputs
 
-    # Our own max_pixels guard rejects big images; Pillow's warning would only be noise.
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     cfg = build_config(ExtractConfig, config_path, {**flags, "compile": compile_})
     if scheduler and backend == "local":
         raise click.BadParameter("needs --backend dask or ray", param_hint="--scheduler")
