@@ -233,6 +233,7 @@ def test_svg_bytes_is_the_utf8_size_of_the_default_vtracer_svg():
     assert label_image(_png(noise())).svg_bytes > 10 * got.svg_bytes
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets filters
 def test_label_refuses_a_pixel_bomb_before_decoding(tmp_path):
     """B2: `label` shares stage one's pixel guard (a small file declaring a huge canvas)."""
     bomb = tmp_path / "bomb.png"
