@@ -14,6 +14,16 @@ from pipeline.errors import ConfigError
 
 T = TypeVar("T")
 
+# The repo's configs/ folder, found next to the package (not the cwd) so that the CLI behaves the
+# same from any directory; absent (e.g. a wheel install) -> built-in defaults.
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def default_config(name: str) -> Path | None:
+    """configs/NAME (e.g. "extract.json") of this checkout when it exists, else None."""
+    path = CONFIGS_DIR / name
+    return path if path.is_file() else None
+
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
     """Check a JSON value against a dataclass field's type; tuples come in as lists."""

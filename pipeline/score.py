@@ -7,7 +7,6 @@ safetensors only.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pipeline.head.numpy_head import NumpyHead
 from store.errors import StoreKeyError, StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.keys import content_key
+from store.lru import LRUCache
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Scorer:
         self.fingerprint = self.checkpoint.fingerprint
         hc = self.checkpoint.head_config
         self.head = NumpyHead(self.checkpoint.numpy_head, output=hc.output, dropout=hc.dropout)
-        self._scores: OrderedDict[str, float] = OrderedDict()
+        self._scores = LRUCache(max_items=self.config.cache_items)  # key -> predicted SSIM
         self._fs: FeatureStore | None = None
         self._ns: Any = None
         self.failures: list[tuple[str, str]] = []
@@ -111,7 +111,6 @@ class Scorer:
                 todo.append(i)
             else:
                 out[i] = v
-                cache.move_to_end(k)
         if todo:
             unique = list(dict.fromkeys(keys[i] for i in todo))
             fresh: dict[str, float] = {}
@@ -121,10 +120,8 @@ class Scorer:
                 fresh.update(zip(chunk, self.head(self._vectors(chunk)).tolist(), strict=True))
             for i in todo:
                 out[i] = fresh[keys[i]]
-            if self.config.cache_items > 0:
-                cache.update(fresh)
-                while len(cache) > self.config.cache_items:
-                    cache.popitem(last=False)
+            for k, v in fresh.items():
+                cache.put(k, v)
         return out
 
     def score_key(self, key: str) -> float:
@@ -189,8 +186,7 @@ class Scorer:
     def _extract(self, paths: list[str], progress: bool, config_path: str | Path | None,
                  overrides: dict[str, Any] | None) -> None:
         from pipeline.extract.runner import extract
-        from pipeline.extract.spec import feature_spec
-        from pipeline.train.features import extract_config_for
+        from pipeline.extract.spec import extract_config_for, feature_spec
         from store.keys import fingerprint
 
         cfg = extract_config_for(self.checkpoint.meta.get("extract_config", {}), config_path,

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench.extract import _machine, make_pngs
+from pipeline.bench.extract import make_pngs
 from pipeline.extract.cluster import ClusterError, extract_on_cluster
 from pipeline.extract.runner import extract
 from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import ExtractWorker
+from pipeline.measure import machine_info
 from store.hdf5 import FeatureStore
 
 
@@ -81,7 +82,7 @@ def run_bench(n_images: int = 200, repeats: int = 3, workers: int = 2, image_siz
     local_ips = n_images / statistics.median(local_s)
     dask_ips = n_images / statistics.median(dask_s)
     return {"bench": "cluster", "date": datetime.date.today().isoformat(),
-            "machine": _machine(), "images": n_images, "image": "256x256 PNG",
+            "machine": machine_info(), "images": n_images, "image": "256x256 PNG",
             "repeats": repeats, "image_size": image_size, "batch_size": batch_size,
             "weights": "random:0", "precision": "fp32",
             "local": {"images_per_s": local_ips, "runs_s": local_s,

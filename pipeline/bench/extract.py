@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime
 import gc
-import platform
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +17,9 @@ from PIL import Image, ImageDraw
 
 from pipeline.extract.backbone import load_backbone
 from pipeline.extract.runner import extract
-from pipeline.extract.spec import ExtractConfig, cpu_count
+from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import ExtractWorker
+from pipeline.measure import RssPeak, machine_info, rss_mb
 from store.hdf5 import FeatureStore
 
 MODES = {
@@ -52,32 +51,6 @@ def make_pngs(folder: Path, n: int, size: int = 256, seed: int = 0) -> list[Path
     return paths
 
 
-class RssPeak:
-    """Peak resident memory of this process while the block runs (VmRSS sampled every 10 ms)."""
-
-    def __enter__(self) -> RssPeak:
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-        return self
-
-    @staticmethod
-    def _rss() -> int:
-        """Resident bytes now (statm field 2 is resident pages)."""
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._rss())
-
-
 def _naive(paths: list[Path], model: torch.nn.Module, size: int) -> np.ndarray:
     """The seed plan's reference loop, image by image."""
     from torchvision import transforms
@@ -107,7 +80,7 @@ def _mode_cfg(mode: str, batch_size: int, image_size: int) -> ExtractConfig:
 def _run_mode(mode: str, paths: list[Path], tmp: Path, repeats: int, batch_size: int,
               image_size: int, log: Callable[[str], None]) -> tuple[dict[str, Any], np.ndarray]:
     n = len(paths)
-    with RssPeak() as rss:
+    with RssPeak(every_s=0.01, trim=False) as rss:
         t0 = time.perf_counter()
         if mode == "a":
             model = load_backbone("random:0").eval()  # NCHW, fp32, eager
@@ -147,23 +120,10 @@ def _run_mode(mode: str, paths: list[Path], tmp: Path, repeats: int, batch_size:
     log(f"mode {mode}: {med:.1f} img/s (model only {model_only:.1f}), setup {setup:.1f}s")
     row = {"mode": mode, "what": MODES[mode], "images_per_s": med, "runs": runs,
            "model_only_images_per_s": model_only, "end_to_end_over_model": med / model_only,
-           "peak_rss_mb": rss.peak / 2**20, "peak_growth_mb": (rss.peak - rss.start) / 2**20,
+           "peak_rss_mb": rss.peak, "peak_growth_mb": rss.peak - rss.before,
            "setup_s": setup}
     gc.collect()
     return row, np.asarray(vecs, dtype=np.float32)
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def run_bench(n_images: int = 200, repeats: int = 3, batch_size: int = 8, image_size: int = 224,
@@ -172,7 +132,7 @@ def run_bench(n_images: int = 200, repeats: int = 3, batch_size: int = 8, image_
     """Run the modes in this process on generated PNGs; returns the JSON-ready result."""
     modes = modes or list(MODES)
     rows, vecs = [], {}
-    import_rss = RssPeak._rss()  # torch + torchvision + numpy loaded, no model yet
+    import_rss = rss_mb()  # torch + torchvision + numpy loaded, no model yet
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as d:
         tmp = Path(d)
         paths = make_pngs(tmp / "png", n_images)
@@ -189,12 +149,12 @@ def run_bench(n_images: int = 200, repeats: int = 3, batch_size: int = 8, image_
             r["cos_min"], r["cos_mean"] = _cosines(vecs[r["mode"]], vecs[ref_mode])
         r["cos_reference"] = ref_mode
     return {"bench": "extract", "date": datetime.date.today().isoformat(),
-            "machine": _machine(), "images": n_images, "image": "256x256 PNG",
+            "machine": machine_info(), "images": n_images, "image": "256x256 PNG",
             "repeats": repeats, "batch_size": batch_size, "image_size": image_size,
             "threads": torch.get_num_threads(), "weights": "random:0",
             "rss": "peak VmRSS of this process sampled every 10 ms during each mode; "
                    "growth = peak minus RSS at the mode's start",
-            "import_rss_mb": import_rss / 2**20,
+            "import_rss_mb": import_rss,
             "modes": rows}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.measure import machine_info
 
 DIM = 2048
 
@@ -133,8 +134,7 @@ def run_bench(n_keys: int = 100_000, single: int = 2000, repeats: int = 3,
         bulk_s = statistics.median(bulk)
         naive_rate = n_naive / statistics.median(naive)
         return {
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "python": platform.python_version()},
+            "machine": machine_info(),
             "date": time.strftime("%Y-%m-%d"),
             "n_keys": n_keys, "build_s": build_s,
             "single_key": {"score_lru_hit": _percentiles(hit),

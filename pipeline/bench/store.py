@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -16,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.measure import machine_line
 from store.hdf5 import FeatureStore
 from store.keys import fingerprint
 
@@ -136,26 +136,10 @@ def run_store_bench(rows: int, dim: int, dtypes: list[str], workdir: Path | None
             shutil.rmtree(folder, ignore_errors=True)
     return {
         "benchmark": "store", "date": datetime.date.today().isoformat(),
-        "machine": _machine(),
+        "machine": machine_line(),
         "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
         "targets": TARGETS, "results": results,
     }
-
-
-def _machine() -> str:
-    """CPU model, cores and memory, for the results file."""
-    model = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = ""
-    try:
-        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
-    except (ValueError, OSError):
-        pass
-    return f"{model}, {os.cpu_count()} cores{mem}"
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.options import config_default, flag
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _opt(path: Path) -> str | None:
-    return str(path) if path.is_file() else None
 
 
 @click.command("demo")
@@ -20,16 +18,10 @@ def _opt(path: Path) -> str | None:
               show_default="data/labels.csv", help="Labelled images to run on.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Where the store, checkpoint and reports go (reused by a rerun).")
-@click.option("--weights", default=None,
-              help="Backbone weights [default: imagenet from configs/extract.json; offline it "
-                   "falls back to random:0 with a notice]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="bf16",
-              show_default=True,
-              help="Backbone precision; bf16 keeps the demo within 5 minutes on 2 cores "
-                   "(about 2x the fp32 img/s there: 74.9 vs 37.1, see the README's "
-                   "Performance section)")
-@click.option("--image-size", type=click.IntRange(min=16), default=None,
-              help="Model input size [default: configs/extract.json]")
+@flag("weights", "[default: configs/extract.json's, else {}; offline, imagenet falls back "
+                 "to random:0 with a notice]")
+@flag("precision", "[default: bf16 here: about twice fp32's speed on CPUs with AVX512-BF16]")
+@flag("image_size", "[default: configs/extract.json's, else {}]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum training epochs [default: configs/train.json]")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -44,9 +36,10 @@ def demo(labels: str, out_dir: str, weights: str | None, precision: str | None,
     from pipeline.extract.spec import ExtractConfig
     from pipeline.train.fit import TrainConfig
 
-    ecfg = build_config(ExtractConfig, _opt(ROOT / "configs/extract.json"),
-                        {"weights": weights, "precision": precision, "image_size": image_size})
-    tcfg = build_config(TrainConfig, _opt(ROOT / "configs/train.json"), {"epochs": epochs})
+    ecfg = build_config(ExtractConfig, config_default("extract.json"),
+                        {"weights": weights, "precision": precision or "bf16",
+                         "image_size": image_size})
+    tcfg = build_config(TrainConfig, config_default("train.json"), {"epochs": epochs})
     t = time.perf_counter()
     s = run_demo(labels, out_dir, ecfg, tcfg, progress=not no_progress,
                  notice=lambda m: click.echo(m, err=True))

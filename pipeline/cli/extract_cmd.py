@@ -3,66 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-# The repo's configs/extract.json, found next to the package (not the cwd) so that the CLI
-# behaves the same from any directory; absent (e.g. a wheel install) -> built-in defaults.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "extract.json"
-
-
-def _check_weights(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None or value == "imagenet" or re.fullmatch(r"random:\d+", value):
-        return value
-    if not Path(value).is_file():
-        raise click.BadParameter(f"{value!r} is neither 'imagenet', 'random:SEED' nor a file")
-    return value
-
-
-# Every flag that changes a vector (and so the namespace fingerprint); `store prune
-# --keep-current` takes the same flags so that users can say which config is current.
-SPEC_OPTIONS = [
-    click.option("--weights", callback=_check_weights, show_default="imagenet",
-                 help="'imagenet' (torchvision IMAGENET1K_V2 via $TORCH_HOME), a state-dict "
-                      "PATH, or 'random:SEED'."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16"]), show_default="fp32",
-                 help="bf16 = autocast (fast on CPUs with AVX512-BF16/AMX); in the "
-                      "fingerprint."),
-    click.option("--image-size", type=click.IntRange(16, 4096), show_default="224",
-                 help="Model input side in pixels."),
-    click.option("--resize", type=click.Choice(["direct", "shorter+crop"]),
-                 show_default="direct",
-                 help="direct: squash to a square (no crop); shorter+crop: scale + centre crop."),
-    click.option("--interpolation",
-                 type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos"]),
-                 show_default="bilinear", help="Resize filter."),
-    click.option("--antialias/--no-antialias", default=None, show_default="antialias",
-                 help="Antialiased (Pillow) or point-sampled (torch) resize."),
-    click.option("--background", show_default="white",
-                 help="Colour composited under transparent pixels ('white', '#rrggbb')."),
-    click.option("--channels-last/--no-channels-last", default=None,
-                 show_default="channels-last",
-                 help="NHWC memory format for the convolutions."),
-    click.option("--fuse-bn/--no-fuse-bn", default=None, show_default="fuse-bn",
-                 help="Fold BatchNorm into the convolutions for inference (faster; last "
-                      "bits)."),
-    click.option("--compile/--no-compile", "compile_", default=None, show_default="no-compile",
-                 help="torch.compile the backbone (slow first batch)."),
-    click.option("--device", show_default="cpu", help="cpu | cuda | cuda:N."),
-    click.option("--dtype", type=click.Choice(["float32", "float16"]), show_default="float32",
-                 help="Store dtype of the vectors."),
-]
-
-
-def spec_options(f: Callable) -> Callable:
-    """Apply SPEC_OPTIONS (in order) to a click command."""
-    for option in reversed(SPEC_OPTIONS):
-        f = option(f)
-    return f
+from pipeline.cli.options import config_default, spec_options
 
 
 @click.command("extract")
@@ -70,7 +15,7 @@ def spec_options(f: Callable) -> Callable:
 @click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False),
               help="HDF5 feature store (created if absent).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
+              default=config_default("extract.json"),
               show_default="configs/extract.json of this checkout if present, else built-in",
               help="JSON defaults; flags override it.")
 @spec_options
@@ -102,16 +47,12 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     Inputs already in the store's namespace for this configuration are skipped, so a rerun
     after a crash resumes and a grown folder computes only the new images.
     """
-    from PIL import Image
-
     from pipeline.atomic import write_failure_report
     from pipeline.config import build_config
     from pipeline.extract.runner import extract as run_extract
     from pipeline.extract.spec import ExtractConfig
     from pipeline.images.inputs import IMAGE_SUFFIXES, expand_inputs
 
-    # Our own max_pixels guard rejects big images; Pillow's warning would only be noise.
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     cfg = build_config(ExtractConfig, config_path, {**flags, "compile": compile_})
     if scheduler and backend == "local":
         raise click.BadParameter("needs --backend dask or ray", param_hint="--scheduler")

@@ -11,15 +11,11 @@ from typing import Any
 
 import click
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from pipeline.cli.options import config_default
+
 # With --uncertainty: the MC-dropout mean, std and 90 % interval, after predicted_ssim (which is
 # the deterministic, dropout-off prediction and may lie outside [low, high]).
 UNC_COLS = ("mean", "std", "low", "high")
-
-
-def _score_config_default() -> str | None:
-    path = CONFIGS / "score.json"
-    return str(path) if path.is_file() else None
 
 
 def _rows(paths: list[Path], keys: list[str | None], pred: Any,
@@ -80,7 +76,7 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
               show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
                                       "(+ mean,std,low,high with --uncertainty).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              default=_score_config_default(), show_default="configs/score.json",
+              default=config_default("score.json"), show_default="configs/score.json",
               help="Scorer JSON config (ScoreConfig fields).")
 @click.option("--no-progress", is_flag=True, help="Hide the extraction progress bar.")
 def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: bool,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.extract_cmd import DEFAULT_CONFIG, spec_options
+from pipeline.cli.options import config_default, spec_options
 
 STORE_ARG = click.argument("store_path", metavar="STORE",
                            type=click.Path(dir_okay=False, path_type=Path))
@@ -151,7 +151,7 @@ def verify(ctx: click.Context, store_path: Path, no_progress: bool, as_json: boo
               help="Keep the namespace of the current extract config: --config plus the "
                    "extract flags below (as `ssimcache extract` would build it).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              default=lambda: str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None,
+              default=lambda: config_default("extract.json"),
               show_default="configs/extract.json of this checkout if present, else built-in",
               help="Extract config used by --keep-current.")
 @spec_options

@@ -3,41 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-def default_config(name: str) -> str | None:
-    """configs/NAME of this checkout when it exists (defaults < configs/*.json < flags)."""
-    path = CONFIGS / name
-    return str(path) if path.is_file() else None
-
-
-# Where an unset extractor flag comes from, for every command that takes these flags.
-_FROM = "[default: the checkpoint's settings if one is given, else --extract-config]"
-
-
-def extractor_options(fn: Any) -> Any:
-    """--weights/--precision/--image-size/--extract-config: choose the feature namespace
-    (train, evaluate, validate)."""
-    for opt in reversed([
-        click.option("--weights", default=None,
-                     help=f"Backbone weights: imagenet | PATH (state dict) | random:SEED {_FROM}"),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-                     help=f"Backbone precision {_FROM}"),
-        click.option("--image-size", type=click.IntRange(min=16), default=None,
-                     help=f"Model input size {_FROM}"),
-        click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
-                     help="Extractor JSON config (as `ssimcache extract --config`) "
-                          "[default: the checkpoint's settings if one is given, else "
-                          "configs/extract.json]"),
-    ]):
-        fn = opt(fn)
-    return fn
+from pipeline.cli.options import config_default, extractor_options
 
 
 def _fmt(v: Any) -> str:
@@ -64,7 +34,7 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Checkpoint to write (.safetensors, atomic).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              default=default_config("train.json"), show_default="configs/train.json",
+              default=config_default("train.json"), show_default="configs/train.json",
               help="Training JSON config (TrainConfig fields).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs [default: 150 / config]")
@@ -95,7 +65,7 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
     cfg = build_config(TrainConfig, config_path,
                        {"epochs": epochs, "seed": seed, "val_fraction": val_fraction,
                         "test_fraction": test_fraction, "lr": lr})
-    ecfg = build_config(ExtractConfig, extract_config or default_config("extract.json"),
+    ecfg = build_config(ExtractConfig, extract_config or config_default("extract.json"),
                         {"weights": weights, "precision": precision, "image_size": image_size})
     summary = run_train(labels, store, ecfg, cfg, out, cached_only=cached_only,
                         progress=not no_progress)
@@ -180,7 +150,7 @@ def export(checkpoint: str, fmt: str, out: str, full: bool, image_size: int | No
            as_json: bool) -> None:
     """Export the head (or backbone + head with --full) to ONNX or TorchScript; the export is
     run once against eager PyTorch and refused if any output differs by more than 1e-5."""
-    from pipeline.head.export import export as run_export
+    from pipeline.export.formats import export as run_export
 
     result = run_export(checkpoint, fmt, out, full=full, image_size=image_size)
     if as_json:

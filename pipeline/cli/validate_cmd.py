@@ -7,7 +7,7 @@ import os
 
 import click
 
-from pipeline.cli.train_cmd import default_config, extractor_options
+from pipeline.cli.options import config_default, extractor_options
 
 CHECK_NAMES = ("dimensions", "gradients", "memory", "performance", "stability", "robustness",
                "profile", "comparison")
@@ -43,7 +43,7 @@ def summary_table(report: dict) -> str:
               help="Head checkpoint from `ssimcache train` [default: an untrained default head]")
 @extractor_options
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              default=default_config("validate.json"), show_default="configs/validate.json",
+              default=config_default("validate.json"), show_default="configs/validate.json",
               help="Validation JSON config (ValidateConfig fields: thresholds, batch sizes, "
                    "targets, head configs to compare).")
 @click.option("--checks", callback=_check_list, default=None,
@@ -92,7 +92,7 @@ def validate(checkpoint: str | None, weights: str | None, precision: str | None,
                        {"checks": checks, "leak_iterations": leak_iterations})
     report = validate_files(
         cfg, checkpoint=checkpoint,
-        extract_config=extract_config or (None if checkpoint else default_config("extract.json")),
+        extract_config=extract_config or (None if checkpoint else config_default("extract.json")),
         overrides={"weights": weights, "precision": precision, "image_size": image_size},
         images=images, store=store, labels=labels, cached_only=cached_only,
         progress=not no_progress)

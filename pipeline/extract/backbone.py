@@ -10,6 +10,7 @@ from torchvision.models import resnet50
 
 from pipeline.errors import WeightsError
 from pipeline.extract.weights import file_state_dict, imagenet_state_dict, is_random
+from pipeline.measure import count_parameters
 
 FEATURE_DIM = 2048
 BACKBONE_ID = "torchvision.resnet50/avgpool"
@@ -67,9 +68,7 @@ class ResNetFeatureExtractor(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """{"trainable", "frozen", "total"} parameter counts."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        return {"trainable": trainable, "frozen": total - trainable, "total": total}
+        return count_parameters(self)
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:

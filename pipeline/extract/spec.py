@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import ConfigError
+from pipeline.measure import cpu_count
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def cpu_count() -> int:
-    """Cores this process may use (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -128,6 +120,52 @@ def feature_spec(cfg: ExtractConfig) -> dict[str, Any]:
     }
 
 
-def spec_fields() -> list[str]:
-    """Config fields that enter the fingerprint (for docs and tests)."""
-    return [f.name for f in dataclasses.fields(ExtractConfig) if f.name not in NOT_IN_SPEC]
+# ExtractConfig field -> its `ssimcache extract` flag (switches also take --no-...), for every
+# field in the fingerprint. The CLI builds its options from this, and error messages that tell
+# a user which flags select a namespace print from it.
+SPEC_FLAGS = {"weights": "--weights", "precision": "--precision", "image_size": "--image-size",
+              "resize": "--resize", "interpolation": "--interpolation",
+              "antialias": "--antialias", "background": "--background",
+              "channels_last": "--channels-last", "fuse_bn": "--fuse-bn",
+              "compile": "--compile", "device": "--device", "dtype": "--dtype"}
+_ALWAYS = ("weights", "precision", "image_size")
+
+
+def extract_flags(cfg: ExtractConfig) -> str:
+    """`ssimcache extract` flags that select `cfg`'s namespace: weights, precision and image
+    size always, other fingerprint fields where they differ from configs/extract.json."""
+    from pipeline.config import build_config, default_config
+
+    base = build_config(ExtractConfig, default_config("extract.json"))
+    out = []
+    for name, flag in SPEC_FLAGS.items():
+        value = getattr(cfg, name)
+        if name not in _ALWAYS and value == getattr(base, name):
+            continue
+        if isinstance(value, bool):  # --x/--no-x switches
+            out.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            out.append(f"{flag} {value}")
+    if (cfg.mean, cfg.std) != (base.mean, base.std):
+        out.append("--config FILE (with the checkpoint's mean/std)")
+    return " ".join(out)
+
+
+def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> ExtractConfig:
+    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
+
+    A user never has to repeat the extractor options; giving different ones is caught by
+    `gather(expected_fingerprint=...)`."""
+    import json
+
+    from pipeline.config import build_config
+
+    merged = dict(saved)
+    if config_path is not None:
+        # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the
+        # raw keys are then layered over the checkpoint's settings.
+        build_config(ExtractConfig, config_path)
+        merged.update(json.loads(Path(config_path).read_text()))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(ExtractConfig, None, merged)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.head.config import HeadConfig
+from pipeline.measure import count_parameters, weights_bytes
 
 __all__ = ["HeadConfig", "SSIMPredictor", "count_parameters", "summary", "format_summary"]
 
@@ -141,13 +142,6 @@ class SSIMPredictor(nn.Module):
         return out
 
 
-def count_parameters(module: nn.Module) -> dict[str, int]:
-    """Trainable and frozen parameter counts of any module."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-    return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
-
-
 def summary(module: nn.Module, batch_size: int = 256) -> dict[str, Any]:
     """Layer list, parameter counts and a float32 memory estimate (weights, + Adam state and
     activations for one training batch of `batch_size`)."""
@@ -155,7 +149,7 @@ def summary(module: nn.Module, batch_size: int = 256) -> dict[str, Any]:
     layers = [f"{name}: {m}" for name, m in module.named_modules()
               if name and not list(m.children())]
     params_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    buffers_bytes = sum(b.numel() * b.element_size() for b in module.buffers())
+    buffers_bytes = weights_bytes(module) - params_bytes
     widths = [m.out_features for m in module.modules() if isinstance(m, nn.Linear)]
     # Each layer keeps a few (B, width) float32 activations for backward (linear, BN, ReLU, mask).
     activations = 4 * batch_size * sum(widths) * 4

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
 from pipeline.errors import ImageError, PipelineError
+
+# Our own pixel guard (below) refuses large images with a clear reason, so Pillow's warning
+# for images between its limit and twice it would only be noise on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Stage one's and labelling's pixel guard: larger images fail before their pixels are decoded.
 DEFAULT_MAX_PIXELS = 64_000_000

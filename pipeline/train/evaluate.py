@@ -34,7 +34,8 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
     """Predict every labelled image (extracting missing vectors with the checkpoint's extractor
     settings) and compute the metrics; `split` keeps only rows of that train-time split.
     Images that cannot be read are left out of the metrics and listed in `skipped`."""
-    from pipeline.train.features import extract_config_for, gather
+    from pipeline.extract.spec import extract_config_for
+    from pipeline.train.features import gather
     from pipeline.train.fit import split_of
     from pipeline.train.labels_csv import read_labels
 

@@ -55,36 +55,6 @@ def store_fingerprints(store_path: str | Path) -> list[str]:
         return []
 
 
-# ExtractConfig field -> `ssimcache extract` flag, for the fields that enter the fingerprint.
-_FLAGS = {"weights": "--weights", "precision": "--precision", "image_size": "--image-size",
-          "resize": "--resize", "interpolation": "--interpolation", "antialias": "antialias",
-          "background": "--background", "channels_last": "channels-last", "fuse_bn": "fuse-bn",
-          "compile": "compile", "device": "--device", "dtype": "--dtype"}
-_ALWAYS = ("weights", "precision", "image_size")
-
-
-def extract_flags(cfg: Any) -> str:
-    """`ssimcache extract` flags that select `cfg`'s namespace: weights, precision and image
-    size always, other fingerprint fields where they differ from configs/extract.json."""
-    from pipeline.config import build_config
-    from pipeline.extract.spec import ExtractConfig
-
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "extract.json"
-    base = build_config(ExtractConfig, shipped if shipped.is_file() else None)
-    out = []
-    for name, flag in _FLAGS.items():
-        value = getattr(cfg, name)
-        if name not in _ALWAYS and value == getattr(base, name):
-            continue
-        if isinstance(value, bool):  # --x/--no-x switches
-            out.append(f"--{'' if value else 'no-'}{flag}")
-        else:
-            out.append(f"{flag} {value}")
-    if (cfg.mean, cfg.std) != (base.mean, base.std):
-        out.append("--config FILE (with the checkpoint's mean/std)")
-    return " ".join(out)
-
-
 def read_vectors(store_path: str | Path, fp: str, keys: Sequence[str]) -> np.ndarray:
     """(N, D) float32 vectors of `keys` (duplicates allowed) from namespace `fp`."""
     unique = list(dict.fromkeys(keys))
@@ -103,7 +73,7 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
     decode are skipped and listed in `skipped` (path, reason), never a crash.
     `expected_fingerprint` (a checkpoint's) is checked before any work."""
     from pipeline.extract.runner import extract
-    from pipeline.extract.spec import feature_spec
+    from pipeline.extract.spec import extract_flags, feature_spec
     from store.keys import fingerprint
 
     fp = fingerprint(feature_spec(extract_cfg))
@@ -143,24 +113,3 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
                        y=np.array([r.ssim for r in kept_rows], dtype=np.float32),
                        families=[r.family for r in kept_rows], fingerprint=fp,
                        extracted=extracted, skipped=skipped)
-
-
-def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
-                       overrides: dict[str, Any] | None = None) -> Any:
-    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
-
-    A user never has to repeat the extractor options; giving different ones is caught by
-    `gather(expected_fingerprint=...)`."""
-    import json
-
-    from pipeline.config import build_config
-    from pipeline.extract.spec import ExtractConfig
-
-    merged = dict(saved)
-    if config_path is not None:
-        # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the
-        # raw keys are then layered over the checkpoint's settings.
-        build_config(ExtractConfig, config_path)
-        merged.update(json.loads(Path(config_path).read_text()))
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_config(ExtractConfig, None, merged)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
+from pipeline.measure import peak_rss_mb
 
 
 @dataclass(frozen=True)
@@ -173,19 +174,6 @@ def predict(head: SSIMPredictor, x: np.ndarray, batch_size: int = 4096) -> np.nd
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def describe(cfg: TrainConfig) -> dict[str, Any]:
-    """JSON-ready training config for the checkpoint."""
-    from pipeline.config import config_to_dict
-
-    return config_to_dict(cfg)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConfig, out: str, *,
               cached_only: bool = False, progress: bool = True,
               backbone: Any = None) -> dict[str, Any]:
@@ -223,9 +211,9 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
                 "labels": str(labels_csv), "skipped": len(data.skipped)}
     save_checkpoint(out, result.head, fingerprint=data.fingerprint,
                     feature_spec=feature_spec(extract_cfg),
-                    extract_config=config_to_dict(extract_cfg), train_config=describe(cfg),
+                    extract_config=config_to_dict(extract_cfg), train_config=config_to_dict(cfg),
                     metrics=metrics, extra={"split": split_info, "training": training})
     return {"checkpoint": str(out), "fingerprint": data.fingerprint,
             "rows": len(rows), "extracted": data.extracted, **split_info["counts"],
             **training, "skipped": data.skipped, "metrics": metrics,
-            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1)}

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import os
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,79 +133,6 @@ def make_input(batch: int, size: int, seed: int, scale: float = 1.0) -> torch.Te
     """A seeded (B, 3, size, size) normal input, roughly what ImageNet normalisation yields."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=gen) * scale
-
-
-def all_cores() -> int:
-    """The cores this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-def _status_kb(field_name: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return float(line.split()[1])
-    raise ValidateError(f"/proc/self/status has no {field_name}; RSS checks need Linux")
-
-
-def rss_mb() -> float:
-    """Current resident set size (VmRSS) in MiB."""
-    return _status_kb("VmRSS") / 1024.0
-
-
-def _reset_peak() -> bool:
-    # Writing "5" to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim() -> None:
-    # Hand freed heap pages back to the OS (glibc): otherwise memory cached from an earlier,
-    # larger pass stays resident, "before" already contains it and the peak looks free.
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        except OSError:  # pragma: no cover - not glibc
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
-
-
-def peak_rss(fn: Callable[[], Any]) -> tuple[float, float, str]:
-    """Run fn; return (RSS before, peak RSS during, method) in MiB. The peak is the kernel's
-    VmHWM after a reset; where the reset is refused, a 1 ms VmRSS sampler thread instead."""
-    _trim()
-    before = rss_mb()
-    if _reset_peak():
-        fn()
-        return before, max(_status_kb("VmHWM") / 1024.0, before), "VmHWM"
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mb())
-            time.sleep(0.001)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        t.join()
-    return before, max(peak[0], rss_mb()), "VmRSS sampled every 1 ms"
 
 
 def finite(t: torch.Tensor) -> bool:

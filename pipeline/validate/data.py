@@ -17,6 +17,7 @@ from torch import nn
 from pipeline.errors import ImageError
 from pipeline.extract.preprocess import Preprocess
 from pipeline.images.inputs import read_file
+from pipeline.measure import count_parameters
 from pipeline.train.metrics import compute_metrics
 from pipeline.validate.common import CheckResult, ValidateConfig, ValidateError, call_model
 
@@ -153,7 +154,7 @@ def check_comparison(cfg: ValidateConfig, data: LabeledFeatures | None) -> Check
         result = train_head(x[parts["train"]], y[parts["train"]], x[parts["val"]],
                             y[parts["val"]], tc, progress=False)
         train_s = time.perf_counter() - t0
-        params = sum(p.numel() for p in result.head.parameters())
+        params = count_parameters(result.head)["total"]
         m = {s: compute_metrics(y[parts[s]], predict(result.head, x[parts[s]]))
              for s in ("val", "test") if parts[s].any()}
         ok = all(v is not None and np.isfinite(v) for k, v in m["val"].items()

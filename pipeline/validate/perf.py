@@ -9,15 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.validate.common import (
-    CheckResult,
-    ValidateConfig,
-    all_cores,
-    call_model,
-    make_input,
-    peak_rss,
-    rss_mb,
-)
+from pipeline.measure import cpu_count, peak_rss, rss_mb, weights_bytes
+from pipeline.validate.common import CheckResult, ValidateConfig, call_model, make_input
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> None:
@@ -40,8 +33,7 @@ def check_memory(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     # The limits apply to the model's own footprint: its weights plus the RSS a pass adds above
     # the process baseline (the torch runtime alone is ~700 MiB RSS here, whatever the model).
-    weights_mb = sum(t.numel() * t.element_size()
-                     for t in [*model.parameters(), *model.buffers()]) / 2**20
+    weights_mb = weights_bytes(model) / 2**20
     method = ""
     try:
         for b in cfg.memory_batch_sizes:
@@ -136,7 +128,7 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
     """Median latency per batch size at 1 thread and all cores; seed targets at all cores."""
     res = CheckResult("performance")
     model.eval()
-    cores = all_cores()
+    cores = cpu_count()
     old_threads = torch.get_num_threads()
     thread_counts = sorted({1, cores})
     times: dict[int, dict[int, list[float]]] = {}

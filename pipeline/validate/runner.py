@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import datetime as _dt
-import platform
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import config_to_dict
 from pipeline.extract.preprocess import Preprocess
+from pipeline.measure import count_parameters, machine_info, weights_bytes
 from pipeline.validate.checks import check_dimensions, check_gradients, check_stability
 from pipeline.validate.common import (
     ALL_CHECKS,
     CheckResult,
     ValidateConfig,
     ValidateError,
-    all_cores,
 )
 from pipeline.validate.data import LabeledFeatures, check_comparison, check_robustness
 from pipeline.validate.perf import check_memory, check_performance, check_profile
@@ -30,31 +28,17 @@ from pipeline.validate.perf import check_memory, check_performance, check_profil
 __all__ = ["ALL_CHECKS", "SCHEMA_VERSION", "ValidateConfig", "ValidateError", "LabeledFeatures",
            "model_summary", "run_validation"]
 
-SCHEMA_VERSION = 1
-
-
-def _count(module: nn.Module | None) -> dict[str, int]:
-    params = list(module.parameters()) if module is not None else []
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    total = sum(p.numel() for p in params)
-    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+SCHEMA_VERSION = 2  # 2: machine.processor became machine.cpu (pipeline.measure)
 
 
 def model_summary(model: nn.Module, source: str = "") -> dict[str, Any]:
     """Class, source, parameter counts (whole model, feature extractor, predictor)."""
-    parts = {name: _count(getattr(model, name, None))
+    parts = {name: count_parameters(getattr(model, name, None))
              for name in ("feature_extractor", "predictor") if hasattr(model, name)}
-    counts = _count(model)
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    weights_mb = (sum(p.numel() * p.element_size() for p in model.parameters()) + buffers) / 2**20
+    counts = count_parameters(model)
+    weights_mb = weights_bytes(model) / 2**20
     return {"class": type(model).__name__, "source": source, "params": counts,
             "parts": parts, "weights_mb": round(weights_mb, 3)}
-
-
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or "unknown",
-            "cores": all_cores(), "python": platform.python_version(),
-            "torch": torch.__version__}
 
 
 def run_validation(model: nn.Module, cfg: ValidateConfig | None = None, *,
@@ -107,7 +91,7 @@ def run_validation(model: nn.Module, cfg: ValidateConfig | None = None, *,
         "passed": counts["fail"] == 0,
         "counts": counts,
         "seconds": round(time.perf_counter() - started, 3),
-        "machine": _machine(),
+        "machine": machine_info(),
         "model": model_summary(model, source),
         "config": config_to_dict(cfg),
         "checks": results,
@@ -119,10 +103,9 @@ def load_model(checkpoint: str | None, extract_config: str | None = None,
     """(model, ExtractConfig, Checkpoint | None, source) for the CLI: the checkpoint's head and
     recorded extractor settings, or an untrained default head on configs/extract.json's."""
     from pipeline.config import build_config
+    from pipeline.export.model import QualityPredictionModel
     from pipeline.extract.backbone import load_backbone
-    from pipeline.extract.spec import ExtractConfig
-    from pipeline.head.model import QualityPredictionModel
-    from pipeline.train.features import extract_config_for
+    from pipeline.extract.spec import ExtractConfig, extract_config_for
 
     if checkpoint is not None:
         from pipeline.head.checkpoint import load_checkpoint

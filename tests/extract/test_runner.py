@@ -21,7 +21,7 @@ from pipeline.images.inputs import expand_inputs
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeBackbone(torch.nn.Module):

@@ -200,7 +200,7 @@ def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path)
     args = ["label", str(imgs), "--out", str(out), "--workers", "1", "--no-progress"]
     kill_at = 3
     child = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(kill_at), *args],
-                           cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           cwd=Path(__file__).resolve().parents[2], capture_output=True,
                            text=True)
     assert child.returncode == -signal.SIGKILL, child.stderr
     text = out.read_text()
@@ -233,6 +233,7 @@ def test_svg_bytes_is_the_utf8_size_of_the_default_vtracer_svg():
     assert label_image(_png(noise())).svg_bytes > 10 * got.svg_bytes
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets filters
 def test_label_refuses_a_pixel_bomb_before_decoding(tmp_path):
     """B2: `label` shares stage one's pixel guard (a small file declaring a huge canvas)."""
     bomb = tmp_path / "bomb.png"

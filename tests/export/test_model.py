@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.export.model import PRETRAINED_ENV, QualityPredictionModel, resolve_weights
 from pipeline.head.checkpoint import save_checkpoint
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
-from pipeline.head.model import PRETRAINED_ENV, QualityPredictionModel, resolve_weights
 from tests.stage_two_fixtures import TinyBackbone
 
 

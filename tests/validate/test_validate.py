@@ -302,7 +302,7 @@ def test_schema_rejects_malformed_reports():
     report = json.loads(json.dumps(run_validation(Healthy(), dataclasses.replace(
         SMALL, checks=("dimensions",)))))
     assert schema_errors(report) == []
-    assert load_schema()["properties"]["schema_version"]["enum"] == [1]
+    assert load_schema()["properties"]["schema_version"]["enum"] == [2]
     bad = json.loads(json.dumps(report))
     del bad["checks"]["dimensions"]["figures"]
     assert any("missing required key 'figures'" in e for e in schema_errors(bad))
@@ -406,7 +406,7 @@ def test_cli_usage_errors(tmp_path):
 
 def test_real_resnet50_smoke():
     """The real model (random:0 weights) through the model checks that matter most."""
-    from pipeline.head.model import QualityPredictionModel
+    from pipeline.export.model import QualityPredictionModel
 
     model = QualityPredictionModel({"weights": "random:0"})
     cfg = ValidateConfig(checks=("dimensions", "gradients"), batch_sizes=(1, 2),

@@ -61,7 +61,7 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
     ckpt = load_checkpoint(checkpoint)
     gen = torch.Generator().manual_seed(0)
     if full:
-        from pipeline.head.model import QualityPredictionModel, SSIMOnly
+        from pipeline.export.model import QualityPredictionModel, SSIMOnly
 
         model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(str(checkpoint),
                                                                            backbone=backbone))

@@ -20,7 +20,7 @@ from pipeline.head.mlp import SSIMPredictor
 from pipeline.head.numpy_head import NumpyHead
 from pipeline.labels.definition import LABEL_DEFINITION
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = HeadConfig(input_dim=64, hidden_dims=(32, 16))
 SPEC = {"backbone": "fake", "dim": 64}
 FP = "a" * 64

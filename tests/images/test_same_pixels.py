@@ -12,7 +12,8 @@ from pipeline.extract.preprocess import Preprocess
 from pipeline.extract.spec import ExtractConfig
 from pipeline.labels.definition import decode_for_label
 
-MODES = ["1", "L", "LA", "La", "P", "P+transparency", "PA", "RGB", "RGBA", "RGBa", "I",
+# Every mode some Pillow writer can store ("La" has none: it is only ever made in memory).
+MODES = ["1", "L", "LA", "P", "P+transparency", "PA", "RGB", "RGBA", "RGBa", "I",
          "I;16", "F", "CMYK", "YCbCr", "LAB", "HSV"]
 
 
@@ -30,7 +31,7 @@ def _image(mode: str) -> Image.Image:
         if mode == "I;16":
             return Image.frombytes("I;16", (32, 24), grey.astype("<u2").tobytes())
         return Image.fromarray(grey.astype(np.int32 if mode == "I" else np.float32))
-    if mode in ("RGBa", "La", "PA"):
+    if mode in ("RGBa", "PA"):
         return base.convert(mode) if mode != "PA" else base.convert("P").convert("PA")
     return base.convert(mode)
 
@@ -49,13 +50,8 @@ def _encoded(img: Image.Image) -> bytes | None:
 @pytest.mark.parametrize("mode", MODES)
 def test_label_and_feature_decoders_see_the_same_pixels(mode):
     data = _encoded(_image(mode))
-    if data is None:
-        pytest.skip(f"no Pillow writer takes mode {mode}")
+    assert data is not None, f"no Pillow writer takes mode {mode}"
     for_label = np.asarray(decode_for_label(data))
     for_features = np.asarray(Preprocess(ExtractConfig(weights="random:0")).decode(data))
     assert for_label.dtype == np.uint8 and for_label.shape == (24, 32, 3)
     np.testing.assert_array_equal(for_label, for_features)
-
-
-def test_most_modes_are_covered():
-    assert sum(_encoded(_image(m)) is not None for m in MODES) >= 13

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
+from pipeline.export.formats import export
 from pipeline.head.checkpoint import save_checkpoint
 from pipeline.head.config import HeadConfig
-from pipeline.head.export import export
 from pipeline.head.mlp import SSIMPredictor
 
 

@@ -111,7 +111,7 @@ def test_prune_keep_current_takes_the_extract_flags(tmp_path, store_path, monkey
     with FeatureStore(store_path) as fs:
         fs.namespace(fingerprint(spec), spec, dim=DIM)
     # no configs/extract.json (a non-editable install): built-in defaults + the flags
-    monkeypatch.setattr("pipeline.cli.store_cmd.DEFAULT_CONFIG", tmp_path / "absent.json")
+    monkeypatch.setattr("pipeline.config.CONFIGS_DIR", tmp_path / "absent")
     r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0")
     assert r.exit_code == 1 and "nothing removed" in r.output  # 224px: not this namespace
     r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0",

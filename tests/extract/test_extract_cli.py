@@ -21,7 +21,7 @@ from pipeline.cli import cli
 from pipeline.extract.weights import PROBE_TIMEOUT_S, host_reachable
 from store.hdf5 import FeatureStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--weights", "random:0", "--image-size", "32", "--no-progress"]
 
 
@@ -145,11 +145,11 @@ def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
 
 def test_default_config_is_found_from_any_cwd(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.cli.extract_cmd import DEFAULT_CONFIG
+    from pipeline.config import default_config
 
     # resolved next to the package, not the cwd: the same defaults from any directory
-    assert DEFAULT_CONFIG == REPO / "configs" / "extract.json"
     monkeypatch.chdir(tmp_path)
+    assert default_config("extract.json") == REPO / "configs" / "extract.json"
     res = CliRunner().invoke(cli, ["extract", "--help"])
     assert res.exit_code == 0 and "configs/extract.json" in res.output
 

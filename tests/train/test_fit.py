@@ -149,7 +149,7 @@ def test_shipped_configs_hold_the_defaults():
     from pipeline.config import build_config, config_to_dict
     from pipeline.score import ScoreConfig
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     for cls, name in ((TrainConfig, "train.json"), (ScoreConfig, "score.json")):
         shipped = json.loads((root / name).read_text())
         assert shipped == config_to_dict(cls()), name

@@ -189,5 +189,5 @@ def test_images_module_does_not_import_torch() -> None:
 
     code = "import sys, pipeline.images; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+                         check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"

@@ -1,0 +1,101 @@
+"""Click options shared by several commands: the extractor flags, each defined once, and the
+configs/*.json defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.config import default_config
+from pipeline.extract.spec import SPEC_FLAGS, ExtractConfig
+
+
+def config_default(name: str) -> str | None:
+    """configs/NAME of this checkout as a click default (None: the built-in defaults)."""
+    path = default_config(name)
+    return str(path) if path is not None else None
+
+
+def _check_weights(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value == "imagenet" or re.fullmatch(r"random:\d+", value):
+        return value
+    if not Path(value).is_file():
+        raise click.BadParameter(f"{value!r} is neither 'imagenet', 'random:SEED' nor a file")
+    return value
+
+
+def _switch(field: str) -> str:
+    flag = SPEC_FLAGS[field]  # "--fuse-bn" -> "--fuse-bn/--no-fuse-bn"
+    return f"{flag}/--no-{flag[2:]}"
+
+
+# field -> (click.option kwargs), one definition per extractor flag; `default` stays None so an
+# unset flag never overrides configs/extract.json or a checkpoint's recorded settings.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "weights": dict(callback=_check_weights, help="'imagenet' (torchvision IMAGENET1K_V2 via "
+                    "$TORCH_HOME), a ResNet-50 state-dict PATH, or 'random:SEED'."),
+    "precision": dict(type=click.Choice(["fp32", "bf16"]),
+                      help="bf16 is fast on CPUs with AVX512-BF16/AMX; in the fingerprint."),
+    "image_size": dict(type=click.IntRange(16, 4096), help="Model input side in pixels."),
+    "resize": dict(type=click.Choice(["direct", "shorter+crop"]), help="direct: squash to a "
+                   "square (no crop); shorter+crop: scale the shorter side + centre crop."),
+    "interpolation": dict(type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos"]),
+                          help="Resize filter."),
+    "antialias": dict(help="Antialiased (Pillow) or point-sampled (torch) resize."),
+    "background": dict(help="Colour composited under transparent pixels ('white', '#rrggbb')."),
+    "channels_last": dict(help="NHWC memory format for the convolutions."),
+    "fuse_bn": dict(help="Fold BatchNorm into the convolutions for inference (faster; moves "
+                    "the last bits)."),
+    "compile": dict(help="torch.compile the backbone (slow first batch)."),
+    "device": dict(help="cpu | cuda | cuda:N."),
+    "dtype": dict(type=click.Choice(["float32", "float16"]), help="Store dtype of the vectors."),
+}
+_SWITCHES = ("antialias", "channels_last", "fuse_bn", "compile")
+# Where an unset flag comes from, per kind of command ({} = the built-in default).
+_FROM_EXTRACT_CONFIG = "[default: --config's value, else {}]"
+_FROM_CHECKPOINT = "[default: the checkpoint's, else --extract-config's, else {}]"
+_BUILT_IN = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
+
+
+def flag(field: str, default_note: str) -> Callable:
+    """The click option of one extractor field; `default_note` says where an unset value comes
+    from ("{}" is replaced by the built-in default)."""
+    kw = dict(_OPTIONS[field])
+    builtin = _BUILT_IN[field]
+    if isinstance(builtin, bool):
+        builtin = SPEC_FLAGS[field][2:] if builtin else f"no-{SPEC_FLAGS[field][2:]}"
+    kw["help"] = f"{kw['help']} {default_note.format(builtin)}"
+    if field in _SWITCHES:
+        # `compile` is a Python builtin: the parameter is named compile_ like click does for
+        # other reserved words.
+        name = ("compile_",) if field == "compile" else ()
+        return click.option(_switch(field), *name, default=None, **kw)
+    return click.option(SPEC_FLAGS[field], default=None, **kw)
+
+
+def _apply(f: Callable, options: list[Callable]) -> Callable:
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def spec_options(f: Callable) -> Callable:
+    """Every flag that changes a vector (extract; store prune --keep-current)."""
+    return _apply(f, [flag(field, _FROM_EXTRACT_CONFIG) for field in SPEC_FLAGS])
+
+
+def extractor_options(f: Callable) -> Callable:
+    """--weights/--precision/--image-size/--extract-config: the feature namespace of commands
+    that may take it from a checkpoint (train, evaluate, validate)."""
+    return _apply(f, [
+        *(flag(field, _FROM_CHECKPOINT) for field in ("weights", "precision", "image_size")),
+        click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
+                     help="Extractor JSON config (as `ssimcache extract --config`) [default: "
+                          "the checkpoint's settings if one is given, else "
+                          "configs/extract.json]"),
+    ])

@@ -1,0 +1,187 @@
+"""Measuring this process and machine: parameter counts, resident memory, what we ran on.
+
+One home for figures that reports, benchmarks and validation all print, so they agree.
+Torch is imported only by the functions that take modules.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def count_parameters(module: Any) -> dict[str, int]:
+    """{"trainable", "frozen", "total"} parameter counts of a torch module (None -> zeros)."""
+    params = list(module.parameters()) if module is not None else []
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+
+def weights_bytes(module: Any) -> int:
+    """Bytes held by a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+# -- resident memory ------------------------------------------------------------------------
+
+def _status_kib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}; memory figures need Linux")
+
+
+def rss_mb() -> float:
+    """Current resident set size (VmRSS) in MiB."""
+    return _status_kib("VmRSS") / 1024.0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process's life so far (ru_maxrss, KiB on Linux), MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> bool:
+    # Writing "5" to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_LIBC: Any = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc): otherwise memory cached from an earlier,
+    larger pass stays resident, the "before" figure already contains it and a peak looks free."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:  # pragma: no cover - not glibc
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+class RssPeak:
+    """Peak RSS (MiB) while a block runs: the kernel's VmHWM after a reset where allowed, else
+    VmRSS sampled every `every_s` seconds. `before`, `peak` and `method` are set on exit."""
+
+    def __init__(self, every_s: float = 0.001, trim: bool = True) -> None:
+        self.every_s, self.trim = every_s, trim
+        self.before = self.peak = 0.0
+        self.method = ""
+
+    def __enter__(self) -> RssPeak:
+        if self.trim:
+            trim_heap()
+        self.before = self.peak = rss_mb()
+        self._hwm = _reset_peak()
+        self._stop = threading.Event()
+        self._t = None
+        if not self._hwm:
+            self._t = threading.Thread(target=self._loop, daemon=True)
+            self._t.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._t is not None:
+            self._t.join()
+        now = rss_mb()
+        if self._hwm:
+            self.peak, self.method = max(_status_kib("VmHWM") / 1024.0, self.before), "VmHWM"
+        else:
+            self.peak = max(self.peak, now)
+            self.method = f"VmRSS sampled every {self.every_s * 1000:g} ms"
+
+
+def peak_rss(fn: Callable[[], Any]) -> tuple[float, float, str]:
+    """Run fn; return (RSS before, peak RSS during, method) in MiB."""
+    with RssPeak() as m:
+        fn()
+    return m.before, m.peak, m.method
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+def _cpuinfo() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "flags") and key not in out:
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+# CPU flags that decide which kernels torch and numpy can use for the model's matmuls.
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                  "amx_tile", "amx_int8", "avx_vnni")
+
+
+def machine_info() -> dict[str, Any]:
+    """What a figure was measured on: CPU model and its relevant flags, usable cores
+    (sched_getaffinity), memory, load average, Python and torch (if loaded) with its threads."""
+    import sys
+
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    out: dict[str, Any] = {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_flags": [f for f in RELEVANT_FLAGS if f in flags],
+        "cores": cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        out["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                                  / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        out["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = torch.__version__
+        out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """One line for tables: 'AMD EPYC ..., 2 cores, 24 GiB, load 0.1'."""
+    info = info or machine_info()
+    mem = f", {info['memory_gib']:.0f} GiB" if "memory_gib" in info else ""
+    load = f", load {info['load_average'][0]:.2f}" if "load_average" in info else ""
+    return f"{info['cpu']}, {info['cores']} cores{mem}{load}"
