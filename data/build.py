@@ -487,7 +487,8 @@ def label_all(out: Path, workers: int, only: set[str] = frozenset()) -> None:
 
     from tqdm import tqdm
 
-    from pipeline.labels import append_labels, label_images
+    from pipeline.labels.definition import label_images
+    from pipeline.labels.writer import append_labels
 
     images_dir, csv_path = out / "images", out / "labels.csv"
     kept: list[list[str]] = []
