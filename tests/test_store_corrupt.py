@@ -49,7 +49,7 @@ def test_truncated_copy_is_corrupt(tmp_path, fraction):
     real = tmp_path / "real.h5"
     build(real)
     with FeatureStore(real) as fs:
-        fs.compact()  # no spare tail: every byte is HDF5's
+        assert fs.compact().total_dropped == 0  # no spare tail: every byte is HDF5's
     data = real.read_bytes()
     cut = tmp_path / "cut.h5"
     cut.write_bytes(data[: int(len(data) * fraction)])
@@ -101,9 +101,12 @@ def test_flipped_bytes_are_caught_and_never_served(tmp_path, dtype):
         problems = fs.verify()
         assert any(keys[bad] in p for p in problems), problems
     with FeatureStore(path, "a") as fs:
-        fs.compact()  # drops the damaged row so extract recomputes it
+        other = {**SPEC, "other": 1}  # a healthy second namespace: listed with 0 dropped
+        fs.namespace(fingerprint(other), other, dim=DIM).put_many(keys[:3], vecs[:3])
+        result = fs.compact()  # drops the damaged row so extract recomputes it
+        assert result.dropped == {FP: 1, fingerprint(other): 0} and result.total_dropped == 1
+        assert "last_compact_dropped" not in vars(fs)  # returned, not left on the store
         ns = fs.namespace(FP)
-        assert fs.last_compact_dropped == 1
         assert ns.missing(keys) == [keys[bad]]
         assert ns.get_many([keys[i] for i in ok]).tobytes() == vecs[ok].tobytes()
         assert fs.verify() == []
