@@ -9,11 +9,15 @@ from collections.abc import Iterator
 
 import h5py
 
-from store.errors import StoreCorruptError, StoreError, StoreFullError, StoreNotFoundError
+from store.errors import (
+    CORRUPT_ADVICE,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreNotFoundError,
+)
+from store.version import new_file_attrs
 
-# What to tell the user when a file cannot be trusted.
-CORRUPT_ADVICE = ("move it aside and re-run extract, or restore a backup "
-                  "(`ssimcache store verify` lists what is damaged)")
 _FULL_MARKERS = ("no space left", "file too large", "errno = 28", "errno = 27",
                  "disk quota", "errno = 122")
 
@@ -80,8 +84,8 @@ def create_h5(path: str) -> h5py.File:
     try:
         with translated(path, "creating"):
             f = h5py.File(tmp, "x", locking=False)
-            f.attrs["format"] = "ssimcache-feature-store"
-            f.attrs["format_version"] = 1
+            for name, value in new_file_attrs().items():
+                f.attrs[name] = value
             f.close()
             fsync_path(tmp)
             os.replace(tmp, path)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import h5py
 
-from store.errors import StoreError
+from store.errors import StoreError, StoreVersionError
 from store.fileio import translated
 
 
@@ -27,11 +27,14 @@ class StoreFile:
         self.lock = threading.RLock()
         self.h5: h5py.File | None = None
         self.broken = False  # an earlier write failed: HDF5 must write nothing more
+        self.write_refusal: str | None = None  # why the format version forbids writes
 
     def require_writable(self, what: str) -> None:
         """Raise a StoreError saying why `what` cannot write now (closed, read-only, broken)."""
         if self.h5 is None:
             raise StoreError(f"{what}: store {self.path} is closed")
+        if self.write_refusal:
+            raise StoreVersionError(f"{what}: {self.write_refusal}")
         if not self.writable:
             raise StoreError(f"{what}: store {self.path} is open read-only; open it with mode 'a'")
         if self.broken:

@@ -11,12 +11,7 @@ from collections.abc import Callable
 import h5py
 import numpy as np
 
-from store.errors import (
-    StoreCorruptError,
-    StoreError,
-    StoreMismatchError,
-    StoreNotFoundError,
-)
+from store.errors import StoreCorruptError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.fileio import create_h5, open_h5, sync, translated
 from store.handle import StoreFile
 from store.layout import DTYPES, create_group, repair_torn_tail
@@ -24,15 +19,18 @@ from store.lock import WriterLock
 from store.lru import LRUCache
 from store.maintenance import CompactResult, compact_store, verify_namespace
 from store.namespace import Namespace
+from store.version import check_format
 
 _FP = re.compile(r"^[0-9A-Za-z_.:+-]{1,128}$")
-FORMAT = "ssimcache-feature-store"
 
 
 class FeatureStore:
     """An HDF5 feature store; mode "a" (single writer, creates the file) or "r" (never writes).
 
     Use as a context manager. Vectors pass through an LRU of `cache_items` / `cache_bytes`.
+    A file of a format version this code cannot read raises StoreVersionError at open; one
+    it can read but not write (a newer minor version, or none recorded) raises it on open
+    with mode "a" and on every write (store/version.py has the rule).
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "a", cache_items: int = 100_000,
@@ -79,13 +77,11 @@ class FeatureStore:
         raise AssertionError("unreachable")
 
     def _check_format(self) -> None:
-        fmt = self._file.h5.attrs.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode()
-        if fmt != FORMAT:
-            raise StoreCorruptError(
-                f"{self.path} is an HDF5 file but not an ssimcache feature store (no "
-                f"'format' attribute {FORMAT!r}); pass another path, or move it aside")
+        """Refuse a file of another format or version (see store/version.py), before the
+        writer changes anything; a version that may be read but not written is noted."""
+        with translated(self.path, "reading the format of"):
+            self._file.write_refusal = check_format(self.path, self._file.h5.attrs,
+                                                    writing=self.writable)
 
     def _drop_incomplete(self) -> None:
         """Namespaces a crash interrupted while being created (no counter yet) are removed."""

@@ -10,8 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
-from store.fileio import CORRUPT_ADVICE, reserve, sync, translated
+from store.errors import CORRUPT_ADVICE, StoreCorruptError, StoreKeyError, StoreMismatchError
+from store.fileio import reserve, sync, translated
 from store.handle import StoreFile
 from store.keys import key_to_bytes, keys_to_bytes
 from store.layout import DTYPES
