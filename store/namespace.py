@@ -14,7 +14,7 @@ from store.errors import CORRUPT_ADVICE, StoreCorruptError, StoreKeyError, Store
 from store.fileio import reserve, sync, translated
 from store.handle import StoreFile
 from store.keys import key_to_bytes, keys_to_bytes
-from store.layout import DTYPES
+from store.layout import DTYPES, append_bytes
 from store.lru import LRUCache
 from store.rows import ChunkMap, RowBlock, read_block, read_row_block, read_rows_h5, row_checksums
 
@@ -252,8 +252,9 @@ class Namespace:
             sums = row_checksums(kbs, new)
             n0, n1 = self._n, self._n + len(take)
             f = self._file.h5
-            with self._file.lock, self._file.writing(f"writing {len(take)} rows to"):
-                reserve(f, self._batch_bytes(n0, n1))
+            action = f"writing {len(take)} rows to"
+            with self._file.lock, self._file.writing(action):
+                reserve(f, append_bytes((self._vec, self._keyds, self._sumds), n0, n1), action)
                 for ds in (self._vec, self._keyds, self._sumds):
                     ds.resize(n1, axis=0)
                 self._vec[n0:n1] = new
@@ -272,16 +273,6 @@ class Namespace:
             self._rowkeys += kbs
             self._n = n1
             return len(take)
-
-    def _batch_bytes(self, n0: int, n1: int) -> int:
-        """Generous bound on the bytes HDF5 may allocate to append rows n0..n1: every touched
-        chunk of the three datasets twice (a rewritten chunk may move) plus 1 MiB metadata."""
-        total = 0
-        for ds in (self._vec, self._keyds, self._sumds):
-            c = ds.chunks[0]
-            per_chunk = c * int(np.prod(ds.chunks[1:], dtype=np.int64)) * ds.dtype.itemsize + 4
-            total += (-(-n1 // c) - n0 // c + 1) * per_chunk
-        return 2 * total + (1 << 20)
 
     def close(self) -> None:
         if self._map is not None:
