@@ -13,10 +13,11 @@ import numpy as np
 from store.errors import CORRUPT_ADVICE, StoreCorruptError, StoreKeyError, StoreMismatchError
 from store.fileio import reserve, sync, translated
 from store.handle import StoreFile
-from store.keys import key_to_bytes, keys_to_bytes
+from store.keys import key_bytes_or_none, key_to_bytes, keys_to_bytes
 from store.layout import DTYPES, append_bytes
 from store.lru import LRUCache
-from store.rows import ChunkMap, RowBlock, read_block, read_row_block, read_rows_h5, row_checksums
+from store.reader import ReadReport, RowReader
+from store.rows import ChunkMap, RowBlock, read_block, read_row_block, row_checksums
 
 
 class Namespace:
@@ -60,7 +61,7 @@ class Namespace:
                                     + CORRUPT_ADVICE)
         self._sums = np.empty(max(n, 1024), dtype=np.uint64)  # grows by doubling
         self._sums[:n] = sums
-        self._map: ChunkMap | None = None
+        self._reader = RowReader(file, self._vec, self.dtype, self.dim)
         self._lock = threading.RLock()
 
     def _check_layout(self, n: int) -> None:
@@ -141,39 +142,50 @@ class Namespace:
         # page cache and would cost a second (N, D) copy to unsort. h5py reads are sorted.
         return self._read(rows, kbs)
 
+    def try_get_many(self, keys: Sequence[str]) -> ReadReport:
+        """Like `get_many`, but a key that cannot be served is reported, not raised, so one
+        damaged row does not sink a whole batch: -> ReadReport with `vectors` (N, D) in input
+        order (NaN rows for failed keys), `ok` (N,) bool and `failed` {key: reason} for rows
+        that fail their checksum or cannot be read, keys not in the namespace, and malformed
+        keys. Failures of the whole store (closed, unreadable file) still raise."""
+        n = len(keys)
+        out = np.full((n, self.dim), np.nan, dtype=self.dtype)
+        failed: dict[str, str] = {}
+        try:
+            kbs: list[bytes | None] = list(keys_to_bytes(keys))
+        except StoreMismatchError:  # name the malformed keys, read the rest
+            kbs = [key_bytes_or_none(k) for k in keys]
+        rows = np.array([-1 if kb is None else self._index.get(kb, -1) for kb in kbs],
+                        dtype=np.int64)
+        for k, kb, r in zip(keys, kbs, rows, strict=True):
+            if kb is None:
+                failed[k] = "not a 64-character lowercase sha256 hex key"
+            elif r < 0:
+                failed[k] = f"not in namespace {self.fingerprint[:12]} (extract it first)"
+        at = np.flatnonzero(rows >= 0)
+        if len(at):
+            vectors, bad = self._reader.read(rows[at], [kbs[i] for i in at],
+                                             self._sums[rows[at]], self._n)
+            for j, why in bad.items():
+                failed[keys[at[j]]] = f"damaged: {why}"
+                vectors[j] = np.nan
+            out[at] = vectors
+        ok = np.array([k not in failed for k in keys], dtype=bool)
+        return ReadReport(out, ok, failed)
+
     # -- reading rows ----------------------------------------------------------------------
 
     def _chunk_map(self) -> ChunkMap:
-        with self._lock:
-            if self._map is None or self._map.rows != self._n:
-                # The old map is left to the garbage collector, not closed: another thread
-                # may still be gathering from it.
-                with translated(self._path, "mapping"):
-                    self._map = ChunkMap(self._path, self._vec, self._n)
-            return self._map
+        return self._reader.chunk_map(self._n)
 
     def _read(self, rows: np.ndarray, kbs: list[bytes]) -> np.ndarray:
-        """Rows `rows` (K,) in any order, checked against their checksums -> (K, D)."""
-        raw, mapped = self._chunk_map().gather(rows)
-        out = raw.view(self.dtype).reshape(len(rows), self.dim)
-        expected = self._sums[rows]
-        good = mapped & (row_checksums(kbs, raw) == expected)
-        if not good.all():
-            # Not mapped, or the bytes fail their checksum (a moved chunk, or damage): read
-            # through h5py (sorted unique rows, as it needs), which also checks fletcher32.
-            redo = np.flatnonzero(~good)
-            uniq, inverse = np.unique(rows[redo], return_inverse=True)
-            try:
-                with self._file.lock, translated(self._path, "reading"):
-                    fresh = read_rows_h5(self._vec, uniq)[inverse]
-            except StoreCorruptError as e:
-                raise StoreCorruptError(self._corrupt_msg(kbs[redo[0]], str(e))) from None
-            sums = row_checksums([kbs[i] for i in redo], fresh)
-            bad = redo[sums != expected[redo]]
-            if len(bad):
-                raise StoreCorruptError(self._corrupt_msg(kbs[bad[0]], f"{len(bad)} row(s) fail "
-                                                          "their checksum"))
-            out[redo] = fresh
+        """Rows `rows` (K,) in any order, checked against their checksums -> (K, D); the
+        first damaged row raises StoreCorruptError naming its key."""
+        out, failed = self._reader.read(rows, kbs, self._sums[rows], self._n)
+        if failed:
+            first = min(failed)
+            more = f"; {len(failed)} of {len(rows)} rows damaged" if len(failed) > 1 else ""
+            raise StoreCorruptError(self._corrupt_msg(kbs[first], failed[first] + more))
         return out
 
     def _corrupt_msg(self, kb: bytes, why: str) -> str:
@@ -275,6 +287,4 @@ class Namespace:
             return len(take)
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._reader.close()
