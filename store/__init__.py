@@ -8,6 +8,7 @@ from store.errors import (
     StoreLockedError,
     StoreMismatchError,
     StoreNotFoundError,
+    StoreVersionError,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreNotFoundError",
+    "StoreVersionError",
 ]

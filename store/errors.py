@@ -1,5 +1,9 @@
 """Typed errors of the store layer; each message names the file and says what to do."""
 
+# What to tell the user when a file cannot be trusted.
+CORRUPT_ADVICE = ("move it aside and re-run extract, or restore a backup "
+                  "(`ssimcache store verify` lists what is damaged)")
+
 
 class StoreError(Exception):
     """Base class of every store failure."""
@@ -23,6 +27,10 @@ class StoreMismatchError(StoreError):
 
 class StoreFullError(StoreError):
     """A write failed for lack of space (disk full or size limit); committed rows are intact."""
+
+
+class StoreVersionError(StoreError):
+    """The store's format version is one this ssimcache cannot read, or may not write."""
 
 
 class StoreKeyError(StoreError, KeyError):

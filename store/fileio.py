@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 from collections.abc import Iterator
 
 import h5py
 
-from store.errors import StoreCorruptError, StoreError, StoreFullError, StoreNotFoundError
+from store.errors import (
+    CORRUPT_ADVICE,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreNotFoundError,
+)
+from store.version import new_file_attrs
 
-# What to tell the user when a file cannot be trusted.
-CORRUPT_ADVICE = ("move it aside and re-run extract, or restore a backup "
-                  "(`ssimcache store verify` lists what is damaged)")
 _FULL_MARKERS = ("no space left", "file too large", "errno = 28", "errno = 27",
                  "disk quota", "errno = 122")
 
@@ -36,8 +41,9 @@ def translated(path: str, action: str) -> Iterator[None]:
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         if is_full_error(e):
             raise StoreFullError(
-                f"{action} {path} failed: no space left (disk full or file-size limit): {e}. "
-                "Committed rows are intact; free space and re-run") from None
+                f"{action} {path} failed: no space left (disk full or file-size limit): {e}; "
+                f"{space_note(path, e)}. Committed rows are intact; free space and re-run"
+            ) from None
         raise StoreCorruptError(f"{action} {path} failed ({e}): {CORRUPT_ADVICE}") from None
 
 
@@ -80,8 +86,8 @@ def create_h5(path: str) -> h5py.File:
     try:
         with translated(path, "creating"):
             f = h5py.File(tmp, "x", locking=False)
-            f.attrs["format"] = "ssimcache-feature-store"
-            f.attrs["format_version"] = 1
+            for name, value in new_file_attrs().items():
+                f.attrs[name] = value
             f.close()
             fsync_path(tmp)
             os.replace(tmp, path)
@@ -101,24 +107,47 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def reserve(f: h5py.File, nbytes: int) -> None:
-    """Make sure `nbytes` past HDF5's end of allocation are on disk before it writes there.
+def space_note(path: str, exc: BaseException | None = None) -> str:
+    """'N bytes are free on the disk of FOLDER' (os.statvfs), plus the file-size limit when
+    `exc` is EFBIG (RLIMIT_FSIZE, `ulimit -f`), for StoreFullError messages."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+        note = f"{st.f_bavail * st.f_frsize:,} bytes are free on the disk of {folder}"
+    except OSError as e:
+        note = f"the free space of {folder} is unknown ({e.strerror})"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        note += f"; the file-size limit (ulimit -f) is {limit:,} bytes"
+    return note
+
+
+def reserve(f: h5py.File, nbytes: int, action: str) -> None:
+    """Make sure `nbytes` past HDF5's end of allocation are on disk before it writes there;
+    StoreFullError (saying what was needed and what is free) when they cannot be.
 
     A disk that fills in the middle of an HDF5 flush leaves a superblock that promises more
     file than exists (the next open fails as "truncated"). Allocating the space first with
-    posix_fallocate turns a full disk into a clean OSError before HDF5 writes a byte. The
+    posix_fallocate turns a full disk into a clean error before HDF5 writes a byte. The
     spare tail is reused by later batches and dropped by `compact`.
     """
     fd = f.id.get_vfd_handle()
-    target = int(f.id.get_filesize()) + int(nbytes)  # get_filesize: HDF5's end of allocation
+    end = int(f.id.get_filesize())  # HDF5's end of allocation
     size = os.fstat(fd).st_size
-    if size < target:
+    if size < end + nbytes:
         try:
-            os.posix_fallocate(fd, size, target - size)
+            os.posix_fallocate(fd, size, end + nbytes - size)
         except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return  # a filesystem without fallocate: go on unreserved
+            if not is_full_error(e):
                 raise
-            # A filesystem without fallocate: go on unreserved (crash safety is unaffected).
+            path = f.filename
+            raise StoreFullError(
+                f"{action} {path} failed: no space left (disk full or file-size limit): it "
+                f"needs {nbytes:,} bytes past the end of the store's data, {end + nbytes - size:,}"
+                f" more than the file has, and {space_note(path, e)}. Committed rows are "
+                "intact; free space and re-run") from None
 
 
 def sync(f: h5py.File) -> None:

@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import h5py
 import numpy as np
 
-from store.errors import (
-    StoreCorruptError,
-    StoreError,
-    StoreMismatchError,
-    StoreNotFoundError,
-)
+from store.errors import StoreCorruptError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.fileio import create_h5, open_h5, sync, translated
+from store.handle import StoreFile
+from store.layout import DTYPES, create_group, repair_torn_tail
 from store.lock import WriterLock
 from store.lru import LRUCache
-from store.namespace import DTYPES, Namespace, create_group, repair_torn_tail
+from store.maintenance import CompactResult, compact_store, verify_namespace
+from store.namespace import Namespace
+from store.version import check_format
 
 _FP = re.compile(r"^[0-9A-Za-z_.:+-]{1,128}$")
-FORMAT = "ssimcache-feature-store"
 
 
 class FeatureStore:
     """An HDF5 feature store; mode "a" (single writer, creates the file) or "r" (never writes).
 
     Use as a context manager. Vectors pass through an LRU of `cache_items` / `cache_bytes`.
+    A file of a format version this code cannot read raises StoreVersionError at open; one
+    it can read but not write (a newer minor version, or none recorded) raises it on open
+    with mode "a" and on every write (store/version.py has the rule).
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "a", cache_items: int = 100_000,
@@ -41,16 +40,15 @@ class FeatureStore:
         self.path = os.fspath(path)
         self.mode = mode
         self.lru = LRUCache(cache_items, cache_bytes)
-        self._h5lock = threading.RLock()
+        self._file = StoreFile(self.path, writable=mode == "a")
         self._namespaces: dict[str, Namespace] = {}
         self._lock: WriterLock | None = None
-        self._broken = False
-        self._f: h5py.File | None = None
+        self._last_compact: CompactResult | None = None
         if mode == "a":
             self._lock = WriterLock(self.path)
             self._lock.acquire()  # before HDF5 touches the file
             try:
-                self._f = open_h5(self.path, "r+") if os.path.exists(self.path) \
+                self._file.h5 = open_h5(self.path, "r+") if os.path.exists(self.path) \
                     else create_h5(self.path)
                 self._check_format()
                 self._drop_incomplete()
@@ -60,7 +58,7 @@ class FeatureStore:
                 self._lock.release()
                 raise
         else:
-            self._f = self._open_reader()
+            self._file.h5 = self._open_reader()
             try:
                 self._check_format()
             except BaseException:
@@ -79,33 +77,32 @@ class FeatureStore:
         raise AssertionError("unreachable")
 
     def _check_format(self) -> None:
-        fmt = self._f.attrs.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode()
-        if fmt != FORMAT:
-            raise StoreCorruptError(
-                f"{self.path} is an HDF5 file but not an ssimcache feature store (no "
-                f"'format' attribute {FORMAT!r}); pass another path, or move it aside")
+        """Refuse a file of another format or version (see store/version.py), before the
+        writer changes anything; a version that may be read but not written is noted."""
+        with translated(self.path, "reading the format of"):
+            self._file.write_refusal = check_format(self.path, self._file.h5.attrs,
+                                                    writing=self.writable)
 
     def _drop_incomplete(self) -> None:
         """Namespaces a crash interrupted while being created (no counter yet) are removed."""
         with translated(self.path, "cleaning"):
-            stale = [n for n, g in self._f.items()
+            f = self._file.h5
+            stale = [n for n, g in f.items()
                      if isinstance(g, h5py.Group) and "committed" not in g.attrs]
             for name in stale:
-                del self._f[name]
+                del f[name]
             if stale:
-                sync(self._f)
+                sync(f)
 
     def _repair_torn_tails(self) -> None:
-        """Chunks a killed append left with a stale fletcher32 are rewritten (namespace.py)."""
+        """Chunks a killed append left with a stale fletcher32 are rewritten (layout.py)."""
         with translated(self.path, "repairing"):
-            repaired = [fp for fp in self.fingerprints() if repair_torn_tail(self._f[fp])]
+            f = self._file.h5
+            repaired = [fp for fp in self.fingerprints() if repair_torn_tail(f[fp])]
             if repaired:
-                sync(self._f)
+                sync(f)
         if repaired:  # a fresh handle: this one still holds the refused chunks in its cache
-            self._close_file()
-            self._f = open_h5(self.path, "r+")
+            self._reopen()
 
     # -- context / lifecycle ---------------------------------------------------------------
 
@@ -119,57 +116,25 @@ class FeatureStore:
     def writable(self) -> bool:
         return self.mode == "a"
 
-    def _require_writable(self, what: str) -> None:
-        if self._f is None:
-            raise StoreError(f"{what}: store {self.path} is closed")
-        if not self.writable:
-            raise StoreError(f"{what}: store {self.path} is open read-only; open it with mode 'a'")
-        if self._broken:
-            raise StoreError(f"{what}: an earlier write to {self.path} failed; close and reopen "
-                             "the store (committed rows are intact)")
-
-    @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[None]:
-        """Translate write failures; after one, make sure HDF5 writes nothing more."""
-        try:
-            with translated(self.path, action):
-                yield
-        except StoreError:
-            self._poison()
-            raise
-
-    def _poison(self) -> None:
-        # After a failed write HDF5 still holds dirty metadata and would flush it at close,
-        # possibly only in part. Point its file descriptor at a read-only handle of the same
-        # file so every later write fails: the file stays exactly as the last commit left it.
-        self._broken = True
-        try:
-            fd = self._f.id.get_vfd_handle()
-            ro = os.open(self.path, os.O_RDONLY)
-            os.dup2(ro, fd)
-            os.close(ro)
-        except Exception:  # noqa: BLE001 - best effort; the store is unusable anyway
-            pass
-
     def _close_file(self) -> None:
         for ns in self._namespaces.values():
             ns.close()
         self._namespaces.clear()
-        if self._f is not None:
-            f, self._f = self._f, None
-            try:
-                f.close()
-            except Exception:  # noqa: BLE001
-                if not self._broken:
-                    raise
+        self._file.close()
+
+    def _reopen(self) -> None:
+        """A fresh h5py handle of the same path (after a repair or a compact's rename)."""
+        self._close_file()
+        self._file.h5 = open_h5(self.path, "r+")
 
     def close(self) -> None:
         """Close the file and release the writer lock (idempotent)."""
         try:
-            with self._h5lock:
-                if self._f is not None and self.writable and not self._broken:
+            with self._file.lock:
+                f = self._file.h5
+                if f is not None and self.writable and not self._file.broken:
                     with translated(self.path, "closing"):
-                        self._f.flush()
+                        f.flush()
                 self._close_file()
         finally:
             if self._lock is not None:
@@ -179,8 +144,8 @@ class FeatureStore:
 
     def fingerprints(self) -> list[str]:
         """Fingerprints of the complete namespaces, sorted."""
-        with self._h5lock, translated(self.path, "listing"):
-            return sorted(n for n, g in self._f.items()
+        with self._file.lock, translated(self.path, "listing"):
+            return sorted(n for n, g in self._file.h5.items()
                           if isinstance(g, h5py.Group) and "committed" in g.attrs)
 
     def has_namespace(self, fp: str) -> bool:
@@ -195,7 +160,7 @@ class FeatureStore:
                                      "(use store.keys.fingerprint(spec))")
         if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
             raise StoreMismatchError(f"store dtype must be one of {DTYPES}, got {dtype!r}")
-        with self._h5lock:
+        with self._file.lock:
             ns = self._namespaces.get(fp)
             if ns is None:
                 if fp not in self.fingerprints():
@@ -207,11 +172,11 @@ class FeatureStore:
                     if spec is None:
                         raise StoreMismatchError(
                             f"creating namespace {fp[:12]} in {self.path} needs its spec dict")
-                    self._require_writable("creating a namespace")
-                    with self._writing("creating a namespace in"):
-                        create_group(self._f, fp, spec, int(dim or 2048),
+                    self._file.require_writable("creating a namespace")
+                    with self._file.writing("creating a namespace in"):
+                        create_group(self._file.h5, fp, spec, int(dim or 2048),
                                      str(np.dtype(dtype or "float32")))
-                ns = self._namespaces[fp] = Namespace(self, fp)
+                ns = self._namespaces[fp] = Namespace(self._file, fp, self.lru)
         self._check_matches(ns, spec, dim, dtype)
         return ns
 
@@ -235,49 +200,61 @@ class FeatureStore:
         out = []
         for fp in self.fingerprints():
             ns = self.namespace(fp)
-            with self._h5lock, translated(self.path, "sizing"):
-                nbytes = sum(int(ds.id.get_storage_size())
-                             for ds in (ns._vec, ns._keyds, ns._sumds))
             out.append({"fingerprint": fp, "rows": len(ns), "dtype": ns.dtype, "dim": ns.dim,
-                        "bytes": nbytes, "spec": ns.spec})
+                        "bytes": ns.storage_bytes(), "spec": ns.spec})
         return out
 
     def verify(self, progress: Callable[[int], None] | None = None) -> list[str]:
         """Check every committed row (readable, checksum, finite) and key uniqueness ->
         problems, empty when healthy. `progress(rows)` is called as rows are checked."""
-        from store.maintenance import verify_store
-        return verify_store(self, progress)
+        try:
+            fps = self.fingerprints()
+        except StoreError as e:
+            return [str(e)]
+        problems: list[str] = []
+        for fp in fps:
+            try:
+                problems += verify_namespace(self.namespace(fp), progress)
+            except StoreError as e:
+                problems.append(f"namespace {fp[:12]}: {e}")
+        return problems
 
     def prune(self, keep: list[str]) -> list[str]:
         """Remove every namespace whose fingerprint is not in `keep` -> removed fingerprints.
         Space is reclaimed by `compact()`."""
-        self._require_writable("prune")
+        self._file.require_writable("prune")
         keep_set = set(keep)
         removed = [fp for fp in self.fingerprints() if fp not in keep_set]
-        with self._h5lock, self._writing("pruning"):
+        with self._file.lock, self._file.writing("pruning"):
             for fp in removed:
                 ns = self._namespaces.pop(fp, None)
                 if ns is not None:
                     ns.close()
-                del self._f[fp]
+                del self._file.h5[fp]
             if removed:
-                sync(self._f)
+                sync(self._file.h5)
         if removed:
             self.lru.clear()
         return removed
 
-    def compact(self) -> None:
+    def compact(self) -> CompactResult:
         """Rewrite the store into a fresh file (temp + atomic rename), reclaiming space and
-        dropping rows that fail their checks."""
-        self._require_writable("compact")
-        from store.maintenance import compact_store
-        with self._h5lock:
-            compact_store(self)
-
-    def _reopen_after_replace(self) -> None:
-        self._close_file()
-        self._f = open_h5(self.path, "r+")
+        dropping rows that fail their checks -> the damaged rows dropped per namespace
+        (`CompactResult.dropped`, `.total_dropped`)."""
+        self._file.require_writable("compact")
+        with self._file.lock:
+            namespaces = [self.namespace(fp) for fp in self.fingerprints()]
+            result = compact_store(self.path, self._file.h5.attrs, namespaces)
+            self._reopen()
         self.lru.clear()
+        self._last_compact = result
+        return result
+
+    @property
+    def last_compact_dropped(self) -> int:
+        """Deprecated: rows the last `compact()` dropped (0 before any). Use the CompactResult
+        that compact() returns; this stays only until pipeline/cli/store_cmd.py does."""
+        return self._last_compact.total_dropped if self._last_compact else 0
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.path!r}, mode={self.mode!r})"

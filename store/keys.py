@@ -77,6 +77,13 @@ def key_to_bytes(key: str) -> bytes:
     return bytes.fromhex(key)
 
 
+def key_bytes_or_none(key: object) -> bytes | None:
+    """The 32-byte digest of a well-formed key, or None for a malformed one."""
+    if isinstance(key, str) and _HEX64.match(key):
+        return bytes.fromhex(key)
+    return None
+
+
 def keys_to_bytes(keys: Sequence[str]) -> list[bytes]:
     """Digests of many keys at once (one fromhex over the joined string); same checks."""
     try:

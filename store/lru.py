@@ -71,13 +71,6 @@ class LRUCache:
                 self._bytes -= _nbytes(evicted)
                 self._evictions += 1
 
-    def discard(self, key: Hashable) -> None:
-        """Forget `key` if present (not counted as an eviction)."""
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._bytes -= _nbytes(old)
-
     def clear(self) -> None:
         """Drop every entry; counters keep counting."""
         with self._lock:

@@ -3,133 +3,123 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
-from store.errors import StoreError
 from store.fileio import fsync_path, sync, translated
-from store.namespace import Namespace, create_group
-from store.rows import ChunkMap, row_checksums
+from store.layout import create_group
+from store.namespace import Namespace
+from store.rows import row_checksums
 
-if TYPE_CHECKING:
-    from store.hdf5 import FeatureStore
-
-BLOCK_ROWS = 4096  # rows per read while scanning: 32 MiB of float32 x 2048
+BLOCK_ROWS = 4096  # rows per copy and per progress call: 32 MiB of float32 x 2048
 MAX_LISTED = 20    # problems listed per namespace before summarising
 
 
-def _scan(ns: Namespace, report: list[str],
-          progress: Callable[[int], None] | None = None) -> tuple[list[bytes], np.ndarray]:
-    """Check every committed row -> (row keys, (N,) bool: row is good); bad rows reported.
+@dataclass(frozen=True)
+class CompactResult:
+    """What `FeatureStore.compact` dropped: damaged rows per namespace fingerprint (every
+    namespace of the store is listed, with 0 when none of its rows were dropped)."""
 
-    A row is good when its chunk reads (fletcher32) and its checksum over key + bytes matches.
-    Rows of an unreadable chunk are re-checked from raw bytes so one damaged row does not
-    condemn its 63 neighbours.
+    dropped: dict[str, int]
+
+    @property
+    def total_dropped(self) -> int:
+        """Damaged rows dropped over all namespaces (extract recomputes them)."""
+        return sum(self.dropped.values())
+
+
+def check_rows(ns: Namespace, report: list[str],
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Check every committed row of `ns` -> (N,) bool: row is good; bad rows are reported.
+
+    A row is good when its bytes read, its checksum over key + bytes matches and it is
+    finite. Rows of a chunk that fails its fletcher32 are judged from their raw bytes, so one
+    damaged row does not condemn its 63 neighbours. `progress(rows)` every BLOCK_ROWS rows.
     """
-    n = len(ns)
-    keys = list(ns._index)  # row order
-    good = np.zeros(n, dtype=bool)
-    cmap = ChunkMap(ns._path, ns._vec, n) if n else None
-    c = ns._vec.chunks[0]
-    for lo in range(0, n, BLOCK_ROWS):
-        hi = min(n, lo + BLOCK_ROWS)
-        for clo in range(lo, hi, c):
-            chi = min(hi, clo + c)
-            try:
-                data = ns._vec[clo:chi]
-                disk_keys = ns._keyds[clo:chi]
-                disk_sums = ns._sumds[clo:chi]
-            except (OSError, RuntimeError):
-                report.append(f"rows {clo}-{chi - 1}: chunk fails its fletcher32 check")
-                raw, ok = cmap.gather(np.arange(clo, chi))
-                data = raw.view(ns.dtype).reshape(chi - clo, ns.dim)
-                disk_keys = None
-                disk_sums = ns._sums[clo:chi]
-                if not ok.all():
-                    continue
-            rk = keys[clo:chi]
-            if disk_keys is not None and disk_keys.tobytes() != b"".join(rk):
-                report.append(f"rows {clo}-{chi - 1}: keys on disk changed since open")
-            sums_ok = row_checksums(rk, data) == ns._sums[clo:chi]
-            sums_ok &= disk_sums == ns._sums[clo:chi]
-            finite = np.isfinite(data).all(axis=1)
+    keys, sums = ns.row_keys(), ns.checksums()
+    good = np.zeros(len(keys), dtype=bool)
+    pending = 0
+    for blk in ns.scan():
+        lo, hi = blk.lo, blk.hi
+        if not blk.intact:
+            report.append(f"rows {lo}-{hi - 1}: chunk fails its fletcher32 check")
+        if blk.readable:
+            rk = keys[lo:hi]
+            if blk.keys is not None and blk.keys != b"".join(rk):
+                report.append(f"rows {lo}-{hi - 1}: keys on disk changed since open")
+            sums_ok = row_checksums(rk, blk.vectors) == sums[lo:hi]
+            if blk.sums is not None:
+                sums_ok &= blk.sums == sums[lo:hi]
+            finite = np.isfinite(blk.vectors).all(axis=1)
             for i in np.flatnonzero(~(sums_ok & finite)):
                 why = "checksum mismatch" if not sums_ok[i] else "non-finite values"
-                report.append(f"row {clo + i} (key {rk[i].hex()}): {why}")
-            good[clo:chi] = sums_ok & finite
-        if progress is not None:
-            progress(hi - lo)
-    if cmap is not None:
-        cmap.close()
-    return keys, good
+                report.append(f"row {lo + i} (key {rk[i].hex()}): {why}")
+            good[lo:hi] = sums_ok & finite
+        pending += hi - lo
+        if progress is not None and (pending >= BLOCK_ROWS or hi == len(keys)):
+            progress(pending)
+            pending = 0
+    return good
 
 
-def verify_store(fs: FeatureStore, progress: Callable[[int], None] | None = None) -> list[str]:
-    """Problems found in `fs` as readable lines; empty when every committed row is sound.
-    `progress(rows)` is called as rows are checked."""
-    problems: list[str] = []
-    try:
-        fps = fs.fingerprints()
-    except StoreError as e:
-        return [str(e)]
-    for fp in fps:
-        try:
-            ns = fs.namespace(fp)
-            report: list[str] = []
-            with fs._h5lock:
-                _scan(ns, report, progress)
-        except StoreError as e:
-            problems.append(f"namespace {fp[:12]}: {e}")
-            continue
-        extra = len(report) - MAX_LISTED
-        problems += [f"namespace {fp[:12]}: {line}" for line in report[:MAX_LISTED]]
-        if extra > 0:
-            problems.append(f"namespace {fp[:12]}: ... and {extra} more problems")
-    return problems
+def verify_namespace(ns: Namespace, progress: Callable[[int], None] | None = None) -> list[str]:
+    """Problems of one namespace as readable lines (the first MAX_LISTED, then a count)."""
+    report: list[str] = []
+    check_rows(ns, report, progress)
+    where = f"namespace {ns.fingerprint[:12]}"
+    lines = [f"{where}: {line}" for line in report[:MAX_LISTED]]
+    if len(report) > MAX_LISTED:
+        lines.append(f"{where}: ... and {len(report) - MAX_LISTED} more problems")
+    return lines
 
 
-def compact_store(fs: FeatureStore) -> None:
-    """Copy every sound committed row into `<path>.compact-tmp`, fsync, rename over the store."""
-    tmp = fs.path + ".compact-tmp"
+def compact_store(path: str, attrs: Mapping[str, object],
+                  namespaces: Sequence[Namespace]) -> CompactResult:
+    """Copy every sound committed row of `namespaces` (and the file attributes `attrs`) into
+    `<path>.compact-tmp`, fsync it, rename it over `path`. The caller reopens the file."""
+    tmp = path + ".compact-tmp"
     if os.path.exists(tmp):
         os.remove(tmp)
-    dropped = 0
+    dropped: dict[str, int] = {}
     try:
-        with translated(fs.path, "compacting"):
+        with translated(path, "compacting"):
             with h5py.File(tmp, "x", locking=False) as out:
-                for name, value in fs._f.attrs.items():
+                for name, value in attrs.items():
                     out.attrs[name] = value
-                for fp in fs.fingerprints():
-                    ns = fs.namespace(fp)
-                    keys, good = _scan(ns, [])
-                    dropped += int((~good).sum())
-                    create_group(out, fp, ns.spec, ns.dim, ns.dtype)
-                    g = out[fp]
-                    m = 0
-                    for lo in range(0, len(ns), BLOCK_ROWS):
-                        rows = np.flatnonzero(good[lo:lo + BLOCK_ROWS]) + lo
-                        if not len(rows):
-                            continue
-                        kbs = [keys[r] for r in rows]
-                        data = ns._read(rows, kbs)
-                        for ds in g.values():
-                            ds.resize(m + len(rows), axis=0)
-                        g["vectors"][m:m + len(rows)] = data
-                        g["keys"][m:m + len(rows)] = np.frombuffer(
-                            b"".join(kbs), np.uint8).reshape(-1, 32)
-                        g["checksums"][m:m + len(rows)] = ns._sums[rows]
-                        m += len(rows)
-                    sync(out)
-                    g.attrs["committed"] = np.int64(m)
+                for ns in namespaces:
+                    good = check_rows(ns, [])
+                    dropped[ns.fingerprint] = int((~good).sum())
+                    _copy_rows(ns, good, out)
                 sync(out)
-            os.replace(tmp, fs.path)
-            fsync_path(os.path.dirname(os.path.abspath(fs.path)))
+            os.replace(tmp, path)
+            fsync_path(os.path.dirname(os.path.abspath(path)))
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    fs._reopen_after_replace()
-    fs.last_compact_dropped = dropped
+    return CompactResult(dropped)
+
+
+def _copy_rows(ns: Namespace, good: np.ndarray, out: h5py.File) -> None:
+    """Append the `good` rows of `ns` to a fresh namespace group in `out`, then commit it."""
+    create_group(out, ns.fingerprint, ns.spec, ns.dim, ns.dtype)
+    g = out[ns.fingerprint]
+    keys, sums = ns.row_keys(), ns.checksums()
+    m = 0
+    for lo in range(0, len(keys), BLOCK_ROWS):
+        rows = np.flatnonzero(good[lo:lo + BLOCK_ROWS]) + lo
+        if not len(rows):
+            continue
+        data = ns.read_rows(rows)  # (K, D), checked again as it is copied
+        for ds in g.values():
+            ds.resize(m + len(rows), axis=0)
+        g["vectors"][m:m + len(rows)] = data
+        g["keys"][m:m + len(rows)] = np.frombuffer(
+            b"".join(keys[r] for r in rows), np.uint8).reshape(-1, 32)
+        g["checksums"][m:m + len(rows)] = sums[rows]
+        m += len(rows)
+    sync(out)
+    g.attrs["committed"] = np.int64(m)

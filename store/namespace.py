@@ -4,88 +4,36 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 
-from store.errors import StoreCorruptError, StoreKeyError, StoreMismatchError
-from store.fileio import CORRUPT_ADVICE, reserve, sync, translated
-from store.keys import key_to_bytes, keys_to_bytes
-from store.rows import (
-    CHUNK_ROWS,
-    ChunkMap,
-    read_block,
-    read_rows_h5,
-    rewrite_chunk_raw,
-    row_checksums,
-)
-
-if TYPE_CHECKING:
-    from store.hdf5 import FeatureStore
-
-DTYPES = ("float32", "float16")
-
-
-def create_group(f: h5py.File, fp: str, spec: dict, dim: int, dtype: str) -> None:
-    """Create a namespace group; the `committed` attribute, written last, marks it complete."""
-    reserve(f, 1 << 20)
-    g = f.require_group(fp)
-    for name in list(g):
-        del g[name]
-    g.attrs["spec"] = json.dumps(spec, sort_keys=True)
-    g.attrs["dim"] = dim
-    g.attrs["dtype"] = dtype
-    kw: dict[str, Any] = {"maxshape": (None,), "fletcher32": True}
-    g.create_dataset("vectors", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
-                     chunks=(CHUNK_ROWS, dim), fletcher32=True)
-    # Keys as raw 32-byte digests (N, 32) uint8: fixed size, no string decoding at open.
-    g.create_dataset("keys", shape=(0, 32), maxshape=(None, 32), dtype=np.uint8,
-                     chunks=(4096, 32), fletcher32=True)
-    g.create_dataset("checksums", shape=(0,), dtype=np.uint64, chunks=(4096,), **kw)
-    sync(f)
-    g.attrs["committed"] = np.int64(0)
-    sync(f)
-
-
-def repair_torn_tail(g: h5py.Group) -> bool:
-    """Writer only, at open: rewrite the last committed chunk of each of the namespace's
-    datasets whose fletcher32 a killed append left stale (see rows.read_block), provided the
-    rows there pass their per-row checksums; anything else is real damage, left for `verify`
-    to list. Returns True when it rewrote something: the caller must then reopen the file,
-    since HDF5 keeps the refused chunk's state in this handle's chunk cache."""
-    n = int(g.attrs["committed"])
-    if n == 0:
-        return False
-    datasets = {name: g[name] for name in ("vectors", "keys", "checksums")}
-
-    def start(ds: h5py.Dataset) -> int:  # first row of the chunk holding row n - 1
-        return (n - 1) // ds.chunks[0] * ds.chunks[0]
-
-    torn = [name for name, ds in datasets.items() if not read_block(ds, start(ds), n)[1]]
-    if not torn:
-        return False
-    lo = min(start(ds) for ds in datasets.values())
-    rows = {name: read_block(ds, lo, n)[0] for name, ds in datasets.items()}
-    kbs = [k.tobytes() for k in rows["keys"]]
-    if not (row_checksums(kbs, rows["vectors"]) == rows["checksums"]).all():
-        return False
-    for name in torn:
-        ds = datasets[name]
-        rewrite_chunk_raw(ds, start(ds), rows[name][start(ds) - lo:])
-    return True
+from store.errors import CORRUPT_ADVICE, StoreCorruptError, StoreKeyError, StoreMismatchError
+from store.fileio import reserve, sync, translated
+from store.handle import StoreFile
+from store.keys import key_bytes_or_none, key_to_bytes, keys_to_bytes
+from store.layout import DTYPES, append_bytes
+from store.lru import LRUCache
+from store.reader import ReadReport, RowReader
+from store.rows import ChunkMap, RowBlock, read_block, read_row_block, row_checksums
 
 
 class Namespace:
-    """Keys and vectors of one fingerprint. Obtain it from `FeatureStore.namespace`."""
+    """Keys and vectors of one fingerprint. Obtain it from `FeatureStore.namespace`.
 
-    def __init__(self, store: FeatureStore, fp: str) -> None:
-        self._store = store
-        self._path = store.path
+    It is handed the store's open file (`file`) and the LRU that `get` goes through; it
+    never reaches back into the FeatureStore.
+    """
+
+    def __init__(self, file: StoreFile, fp: str, lru: LRUCache) -> None:
+        self._file = file
+        self._lru = lru
+        self._path = file.path
         self.fingerprint = fp
-        with translated(store.path, f"opening namespace {fp[:12]} of"):
-            g = store._f[fp]
+        with translated(file.path, f"opening namespace {fp[:12]} of"):
+            g = file.h5[fp]
             self.spec: dict = json.loads(g.attrs["spec"])
             self.dim = int(g.attrs["dim"])
             self.dtype = str(g.attrs["dtype"])
@@ -98,21 +46,22 @@ class Namespace:
             # reader racing the writer's append meets the same and reads the same bytes.
             key_rows = read_block(self._keyds, 0, n)[0]
             sums = read_block(self._sumds, 0, n)[0]
-            if store.writable and self._vec.shape[0] > n:
+            if file.writable and self._vec.shape[0] > n:
                 # Rows past the counter are a batch a crash interrupted: drop them.
                 for ds in (self._vec, self._keyds, self._sumds):
                     ds.resize(n, axis=0)
         keys = key_rows.tobytes()
         self._g = g
         self._n = n
-        # key digest -> row; built in one pass (about 0.3 s per million rows)
-        self._index: dict[bytes, int] = {keys[32 * j:32 * j + 32]: j for j in range(n)}
+        # Key digests in row order, and digest -> row (built in one pass, ~0.3 s per 1M rows).
+        self._rowkeys: list[bytes] = [keys[32 * j:32 * j + 32] for j in range(n)]
+        self._index: dict[bytes, int] = dict(zip(self._rowkeys, range(n), strict=True))
         if len(self._index) != n:
             raise StoreCorruptError(f"namespace {fp[:12]} of {self._path} holds duplicate keys: "
                                     + CORRUPT_ADVICE)
         self._sums = np.empty(max(n, 1024), dtype=np.uint64)  # grows by doubling
         self._sums[:n] = sums
-        self._map: ChunkMap | None = None
+        self._reader = RowReader(file, self._vec, self.dtype, self.dim)
         self._lock = threading.RLock()
 
     def _check_layout(self, n: int) -> None:
@@ -154,7 +103,7 @@ class Namespace:
 
     def keys(self) -> list[str]:
         """All committed keys, in insertion order."""
-        return [k.hex() for k in list(self._index)[: self._n]]
+        return [k.hex() for k in self._rowkeys[: self._n]]
 
     def _row_of(self, key: str) -> tuple[bytes, int]:
         kb = key_to_bytes(key)
@@ -166,7 +115,7 @@ class Namespace:
 
     def get(self, key: str) -> np.ndarray:
         """The vector (D,) of `key`, read-only, through the store's LRU."""
-        lru = self._store.lru
+        lru = self._lru
         kb = key_to_bytes(key)
         hit = lru.get((self.fingerprint, kb))
         if hit is not None:
@@ -193,39 +142,50 @@ class Namespace:
         # page cache and would cost a second (N, D) copy to unsort. h5py reads are sorted.
         return self._read(rows, kbs)
 
+    def try_get_many(self, keys: Sequence[str]) -> ReadReport:
+        """Like `get_many`, but a key that cannot be served is reported, not raised, so one
+        damaged row does not sink a whole batch: -> ReadReport with `vectors` (N, D) in input
+        order (NaN rows for failed keys), `ok` (N,) bool and `failed` {key: reason} for rows
+        that fail their checksum or cannot be read, keys not in the namespace, and malformed
+        keys. Failures of the whole store (closed, unreadable file) still raise."""
+        n = len(keys)
+        out = np.full((n, self.dim), np.nan, dtype=self.dtype)
+        failed: dict[str, str] = {}
+        try:
+            kbs: list[bytes | None] = list(keys_to_bytes(keys))
+        except StoreMismatchError:  # name the malformed keys, read the rest
+            kbs = [key_bytes_or_none(k) for k in keys]
+        rows = np.array([-1 if kb is None else self._index.get(kb, -1) for kb in kbs],
+                        dtype=np.int64)
+        for k, kb, r in zip(keys, kbs, rows, strict=True):
+            if kb is None:
+                failed[k] = "not a 64-character lowercase sha256 hex key"
+            elif r < 0:
+                failed[k] = f"not in namespace {self.fingerprint[:12]} (extract it first)"
+        at = np.flatnonzero(rows >= 0)
+        if len(at):
+            vectors, bad = self._reader.read(rows[at], [kbs[i] for i in at],
+                                             self._sums[rows[at]], self._n)
+            for j, why in bad.items():
+                failed[keys[at[j]]] = f"damaged: {why}"
+                vectors[j] = np.nan
+            out[at] = vectors
+        ok = np.array([k not in failed for k in keys], dtype=bool)
+        return ReadReport(out, ok, failed)
+
     # -- reading rows ----------------------------------------------------------------------
 
     def _chunk_map(self) -> ChunkMap:
-        with self._lock:
-            if self._map is None or self._map.rows != self._n:
-                # The old map is left to the garbage collector, not closed: another thread
-                # may still be gathering from it.
-                with translated(self._path, "mapping"):
-                    self._map = ChunkMap(self._path, self._vec, self._n)
-            return self._map
+        return self._reader.chunk_map(self._n)
 
     def _read(self, rows: np.ndarray, kbs: list[bytes]) -> np.ndarray:
-        """Rows `rows` (K,) in any order, checked against their checksums -> (K, D)."""
-        raw, mapped = self._chunk_map().gather(rows)
-        out = raw.view(self.dtype).reshape(len(rows), self.dim)
-        expected = self._sums[rows]
-        good = mapped & (row_checksums(kbs, raw) == expected)
-        if not good.all():
-            # Not mapped, or the bytes fail their checksum (a moved chunk, or damage): read
-            # through h5py (sorted unique rows, as it needs), which also checks fletcher32.
-            redo = np.flatnonzero(~good)
-            uniq, inverse = np.unique(rows[redo], return_inverse=True)
-            try:
-                with self._store._h5lock, translated(self._path, "reading"):
-                    fresh = read_rows_h5(self._vec, uniq)[inverse]
-            except StoreCorruptError as e:
-                raise StoreCorruptError(self._corrupt_msg(kbs[redo[0]], str(e))) from None
-            sums = row_checksums([kbs[i] for i in redo], fresh)
-            bad = redo[sums != expected[redo]]
-            if len(bad):
-                raise StoreCorruptError(self._corrupt_msg(kbs[bad[0]], f"{len(bad)} row(s) fail "
-                                                          "their checksum"))
-            out[redo] = fresh
+        """Rows `rows` (K,) in any order, checked against their checksums -> (K, D); the
+        first damaged row raises StoreCorruptError naming its key."""
+        out, failed = self._reader.read(rows, kbs, self._sums[rows], self._n)
+        if failed:
+            first = min(failed)
+            more = f"; {len(failed)} of {len(rows)} rows damaged" if len(failed) > 1 else ""
+            raise StoreCorruptError(self._corrupt_msg(kbs[first], failed[first] + more))
         return out
 
     def _corrupt_msg(self, kb: bytes, why: str) -> str:
@@ -234,11 +194,49 @@ class Namespace:
                 f"verify {self._path}`, then `ssimcache store compact` drops damaged rows so "
                 "extract recomputes them")
 
+    # -- whole-namespace access, for maintenance (verify, compact, info) ---------------------
+
+    def row_keys(self) -> list[bytes]:
+        """The 32-byte key digests of the committed rows, in row order (a copy)."""
+        return self._rowkeys[: self._n]
+
+    def checksums(self) -> np.ndarray:
+        """(N,) uint64: the checksum each committed row must match (read-only view)."""
+        view = self._sums[: self._n]
+        view.flags.writeable = False
+        return view
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors (K, D) of committed rows `rows` (K,), any order, each checked against its
+        checksum; a damaged row raises StoreCorruptError naming its key."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._read(rows, [self._rowkeys[r] for r in rows])
+
+    def scan(self) -> Iterator[RowBlock]:
+        """Every committed row as stored, one vector chunk at a time, unchecked: the caller
+        judges them against `row_keys()` and `checksums()` (maintenance.verify_namespace)."""
+        n = self._n
+        if n == 0:
+            return
+        cmap = self._chunk_map()
+        step = self._vec.chunks[0]
+        for lo in range(0, n, step):
+            with self._file.lock:  # released between blocks: readers of other rows go on
+                block = read_row_block(self._vec, self._keyds, self._sumds, cmap, lo,
+                                       min(n, lo + step))
+            yield block
+
+    def storage_bytes(self) -> int:
+        """Bytes the namespace's datasets take in the file."""
+        with self._file.lock, translated(self._path, "sizing"):
+            return sum(int(ds.id.get_storage_size())
+                       for ds in (self._vec, self._keyds, self._sumds))
+
     # -- writing ---------------------------------------------------------------------------
 
     def put_many(self, keys: Sequence[str], vectors: Any) -> int:
         """Append the vectors of keys not yet stored, as one committed batch -> rows added."""
-        self._store._require_writable("put_many")
+        self._file.require_writable("put_many")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape != (len(keys), self.dim):
             raise StoreMismatchError(
@@ -265,9 +263,10 @@ class Namespace:
                     "non-finite vectors are never stored: check the backbone and precision")
             sums = row_checksums(kbs, new)
             n0, n1 = self._n, self._n + len(take)
-            f = self._store._f
-            with self._store._h5lock, self._store._writing(f"writing {len(take)} rows to"):
-                reserve(f, self._batch_bytes(n0, n1))
+            f = self._file.h5
+            action = f"writing {len(take)} rows to"
+            with self._file.lock, self._file.writing(action):
+                reserve(f, append_bytes((self._vec, self._keyds, self._sumds), n0, n1), action)
                 for ds in (self._vec, self._keyds, self._sumds):
                     ds.resize(n1, axis=0)
                 self._vec[n0:n1] = new
@@ -283,20 +282,9 @@ class Namespace:
             self._sums[n0:n1] = sums
             for j, kb in enumerate(kbs):
                 self._index[kb] = n0 + j
+            self._rowkeys += kbs
             self._n = n1
             return len(take)
 
-    def _batch_bytes(self, n0: int, n1: int) -> int:
-        """Generous bound on the bytes HDF5 may allocate to append rows n0..n1: every touched
-        chunk of the three datasets twice (a rewritten chunk may move) plus 1 MiB metadata."""
-        total = 0
-        for ds in (self._vec, self._keyds, self._sumds):
-            c = ds.chunks[0]
-            per_chunk = c * int(np.prod(ds.chunks[1:], dtype=np.int64)) * ds.dtype.itemsize + 4
-            total += (-(-n1 // c) - n0 // c + 1) * per_chunk
-        return 2 * total + (1 << 20)
-
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._reader.close()

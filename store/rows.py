@@ -12,6 +12,7 @@ which also checks the chunk's fletcher32, and only then reported as corrupt.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -175,3 +176,28 @@ def read_rows_h5(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         block, _ = read_block(ds, lo, hi)  # rows are checked against their checksums after
         out[s:e] = block[rows[s:e] - lo]
     return out
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """Committed rows [lo, hi) of a namespace as they lie on disk, unchecked (Namespace.scan)."""
+
+    lo: int
+    hi: int
+    vectors: np.ndarray       # (hi - lo, D)
+    keys: bytes | None        # the keys dataset's bytes; None when a chunk was unreadable
+    sums: np.ndarray | None   # (hi - lo,) the checksums dataset; None likewise
+    intact: bool              # all three datasets read through h5py (fletcher32 passed)
+    readable: bool            # the vector bytes were read (through h5py, or raw from the map)
+
+
+def read_row_block(vec: h5py.Dataset, keyds: h5py.Dataset, sumds: h5py.Dataset,
+                   cmap: ChunkMap, lo: int, hi: int) -> RowBlock:
+    """Rows [lo, hi) of the three datasets; when a chunk fails its fletcher32, the vectors'
+    raw bytes from `cmap` instead, so the rows can still be judged one by one."""
+    try:
+        return RowBlock(lo, hi, vec[lo:hi], keyds[lo:hi].tobytes(), sumds[lo:hi], True, True)
+    except (OSError, RuntimeError):  # "filter returned failure during read"
+        raw, ok = cmap.gather(np.arange(lo, hi))
+        vectors = raw.view(vec.dtype).reshape(hi - lo, vec.shape[1])
+        return RowBlock(lo, hi, vectors, None, None, False, bool(ok.all()))

@@ -49,7 +49,7 @@ def test_truncated_copy_is_corrupt(tmp_path, fraction):
     real = tmp_path / "real.h5"
     build(real)
     with FeatureStore(real) as fs:
-        fs.compact()  # no spare tail: every byte is HDF5's
+        assert fs.compact().total_dropped == 0  # no spare tail: every byte is HDF5's
     data = real.read_bytes()
     cut = tmp_path / "cut.h5"
     cut.write_bytes(data[: int(len(data) * fraction)])
@@ -101,9 +101,12 @@ def test_flipped_bytes_are_caught_and_never_served(tmp_path, dtype):
         problems = fs.verify()
         assert any(keys[bad] in p for p in problems), problems
     with FeatureStore(path, "a") as fs:
-        fs.compact()  # drops the damaged row so extract recomputes it
+        other = {**SPEC, "other": 1}  # a healthy second namespace: listed with 0 dropped
+        fs.namespace(fingerprint(other), other, dim=DIM).put_many(keys[:3], vecs[:3])
+        result = fs.compact()  # drops the damaged row so extract recomputes it
+        assert result.dropped == {FP: 1, fingerprint(other): 0} and result.total_dropped == 1
+        assert "last_compact_dropped" not in vars(fs)  # returned, not left on the store
         ns = fs.namespace(FP)
-        assert fs.last_compact_dropped == 1
         assert ns.missing(keys) == [keys[bad]]
         assert ns.get_many([keys[i] for i in ok]).tobytes() == vecs[ok].tobytes()
         assert fs.verify() == []
@@ -158,3 +161,64 @@ def test_copy_of_healthy_store_verifies(tmp_path):
     shutil.copy(path, tmp_path / "copy.h5")
     with FeatureStore(tmp_path / "copy.h5", "r") as fs:
         assert fs.verify() == []
+
+
+def _flip(path, row: int) -> None:
+    with open(path, "r+b") as f:  # flip bytes inside the row's committed vector data
+        off = _row_offset(path, row) + 5
+        f.seek(off)
+        b = f.read(3)
+        f.seek(off)
+        f.write(bytes(x ^ 0x5A for x in b))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_try_get_many_serves_good_rows_and_reports_the_damaged_one(tmp_path, dtype):
+    path = tmp_path / "f.h5"
+    keys, vecs = build(path, dtype=dtype)
+    bad = 70
+    _flip(path, bad)
+    asked = list(range(65, 75))  # 10 keys around the damaged row, same chunk
+    with FeatureStore(path, "r") as fs:
+        ns = fs.namespace(FP)
+        got = ns.try_get_many([keys[i] for i in asked])
+        good = [i for i in asked if i != bad]
+        assert got.ok.tolist() == [i != bad for i in asked]
+        assert got.vectors[got.ok].tobytes() == vecs[good].tobytes()  # 9 exactly right
+        assert np.isnan(got.vectors[~got.ok]).all() and got.vectors.dtype == np.dtype(dtype)
+        assert list(got.failed) == [keys[bad]] and "checksum" in got.failed[keys[bad]]
+        with pytest.raises(StoreCorruptError, match=keys[bad]):  # the default is unchanged
+            ns.get_many([keys[i] for i in asked])
+        # Absent, malformed and repeated keys are reported too; input order is kept.
+        absent = content_key(b"never stored")
+        got = ns.try_get_many([keys[bad], absent, keys[1], "nope", keys[bad]])
+        assert got.ok.tolist() == [False, False, True, False, False]
+        assert got.vectors[2].tobytes() == vecs[1].tobytes()
+        assert set(got.failed) == {keys[bad], absent, "nope"}
+        assert "not in namespace" in got.failed[absent] and "sha256" in got.failed["nope"]
+        empty = ns.try_get_many([])
+        assert empty.vectors.shape == (0, DIM) and empty.failed == {} and len(empty.ok) == 0
+
+
+def test_try_get_many_reports_rows_whose_chunk_h5py_cannot_read(tmp_path, monkeypatch):
+    import store.reader
+
+    path = tmp_path / "f.h5"
+    keys, vecs = build(path)
+    _flip(path, 10)  # chunk 0: h5py reads it (from raw bytes), the checksum fails
+    _flip(path, 70)  # chunk 1: h5py is made to fail outright, as on a damaged chunk index
+    real = store.reader.read_rows_h5
+
+    def flaky(ds, rows):
+        if (rows // ds.chunks[0] == 1).any():
+            raise OSError("Can't read data (wrong B-tree signature)")
+        return real(ds, rows)
+
+    monkeypatch.setattr(store.reader, "read_rows_h5", flaky)
+    asked = [5, 10, 70, 71, 150]
+    with FeatureStore(path, "r") as fs:
+        got = fs.namespace(FP).try_get_many([keys[i] for i in asked])
+    assert got.ok.tolist() == [True, False, False, True, True]
+    assert got.vectors[got.ok].tobytes() == vecs[[5, 71, 150]].tobytes()
+    assert "checksum" in got.failed[keys[10]]
+    assert "cannot be read" in got.failed[keys[70]] and "B-tree" in got.failed[keys[70]]

@@ -211,3 +211,14 @@ def test_missing_folder_is_named_not_called_unwritable(tmp_path):
     msg = str(e.value)
     assert f"{tmp_path / 'nodir'} does not exist" in msg and "mkdir -p" in msg
     assert "writable" not in msg and not (tmp_path / "nodir").exists()
+
+
+def test_verify_reports_progress_over_every_row(tmp_path):
+    keys, vecs = make(5000)
+    with FeatureStore(tmp_path / "f.h5") as fs:
+        fs.namespace(FP, SPEC, dim=DIM).put_many(keys, vecs)
+        spec2 = {**SPEC, "size": 2}
+        fs.namespace(fingerprint(spec2), spec2, dim=DIM).put_many(keys[:70], vecs[:70])
+        seen: list[int] = []
+        assert fs.verify(progress=seen.append) == []
+        assert sum(seen) == 5070 and max(seen) <= 4096 + 64  # in blocks, not row by row
