@@ -43,7 +43,6 @@ class FeatureStore:
         self._file = StoreFile(self.path, writable=mode == "a")
         self._namespaces: dict[str, Namespace] = {}
         self._lock: WriterLock | None = None
-        self._last_compact: CompactResult | None = None
         if mode == "a":
             self._lock = WriterLock(self.path)
             self._lock.acquire()  # before HDF5 touches the file
@@ -247,14 +246,7 @@ class FeatureStore:
             result = compact_store(self.path, self._file.h5.attrs, namespaces)
             self._reopen()
         self.lru.clear()
-        self._last_compact = result
         return result
-
-    @property
-    def last_compact_dropped(self) -> int:
-        """Deprecated: rows the last `compact()` dropped (0 before any). Use the CompactResult
-        that compact() returns; this stays only until pipeline/cli/store_cmd.py does."""
-        return self._last_compact.total_dropped if self._last_compact else 0
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.path!r}, mode={self.mode!r})"

@@ -216,8 +216,7 @@ def compact(store_path: Path) -> None:
     _require_exists(store_path)
     before = os.path.getsize(store_path)
     with FeatureStore(store_path, mode="a") as fs:
-        fs.compact()
-        dropped = fs.last_compact_dropped
+        dropped = fs.compact().total_dropped
     after = os.path.getsize(store_path)
     click.echo(f"{store_path}: {_human(before)} -> {_human(after)}"
                + (f"; dropped {dropped} damaged row(s), re-run extract" if dropped else ""))
