@@ -126,9 +126,40 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
     return path
 
 
-def _is_pickle(head: bytes) -> bool:
-    # torch.save writes a zip archive ("PK\x03\x04"); a bare pickle starts with PROTO (0x80).
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+# safetensors refuses headers above 100 MB; ours are a few KB (JSON metadata + offsets).
+MAX_HEADER = 100_000_000
+
+
+def sniff_format(path: Path) -> str:
+    """'safetensors' | 'torch' (a torch.save zip or bare pickle) | 'empty' | 'unknown'.
+
+    A safetensors file starts with its header length as a little-endian u64, so its first byte
+    can be anything, 0x80 included (1 file in 32: the length is 8-aligned) -- that byte is a
+    pickle PROTO opcode only when the file is not a valid safetensors file. So the whole header
+    decides: a sane length that fits the file, followed by that many bytes of JSON object.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "empty"
+    with open(path, "rb") as f:
+        first = f.read(8)
+        n = int.from_bytes(first, "little") if len(first) == 8 else -1
+        if 2 <= n <= min(size - 8, MAX_HEADER):
+            header = f.read(n)
+            if header[:1] == b"{":
+                try:
+                    if isinstance(json.loads(header), dict):
+                        return "safetensors"
+                except ValueError:  # not JSON (or not UTF-8): fall through to the magic bytes
+                    pass
+    # torch.save writes a zip archive; a legacy torch.save / bare pickle starts with PROTO
+    # (0x80) followed by the protocol number (2..5).
+    if first.startswith(b"PK\x03\x04") or (first[:1] == b"\x80" and first[1:2] in
+                                            (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
+    if 0 <= n <= MAX_HEADER:
+        return "safetensors"  # damaged or truncated: safetensors says what is wrong
+    return "unknown"
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -139,10 +170,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the file written by "
                               "`ssimcache train --out`")
-    with open(path, "rb") as f:
-        first = f.read(16)
-    if _is_pickle(first):
+    kind = sniff_format(path)
+    if kind == "torch":
         return _load_pickle(path)
+    if kind != "safetensors":
+        what = "empty (0 bytes)" if kind == "empty" else "neither a safetensors nor a torch file"
+        raise CheckpointError(f"checkpoint {path} is {what}: pass the file written by "
+                              "`ssimcache train --out`, or restore it from a copy or retrain")
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = f.metadata() or {}
