@@ -63,7 +63,7 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
     if full:
         from pipeline.head.model import QualityPredictionModel, SSIMOnly
 
-        model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(str(checkpoint),
+        model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(ckpt,
                                                                            backbone=backbone))
         size = image_size or int(ckpt.meta.get("extract_config", {}).get("image_size", 224))
         example = torch.randn(2, 3, size, size, generator=gen)

@@ -84,6 +84,49 @@ class NumpyHead:
         }
 
 
+# nn.BatchNorm1d's default eps; SSIMPredictor never changes it and state dicts do not store it.
+BN_EPS = 1e-5
+
+
+def head_layout(input_dim: int, hidden_dims: Sequence[int], batch_norm: bool
+                ) -> tuple[list[tuple[str, str | None]], int]:
+    """[(linear prefix, batchnorm prefix | None), ...] of SSIMPredictor's `mlp` Sequential:
+    each hidden layer is Linear, [BatchNorm1d], ReLU, Dropout; then the output Linear."""
+    step = 4 if batch_norm else 3
+    layers: list[tuple[str, str | None]] = [
+        (f"mlp.{i * step}", f"mlp.{i * step + 1}" if batch_norm else None)
+        for i in range(len(hidden_dims))]
+    layers.append((f"mlp.{len(hidden_dims) * step}", None))
+    return layers, step
+
+
+def fold_state(state: Mapping[str, np.ndarray], input_dim: int, hidden_dims: Sequence[int],
+               batch_norm: bool) -> dict[str, np.ndarray]:
+    """`SSIMPredictor.fold_numpy()` computed from a state dict in numpy (float64, cast to
+    float32): lets a checkpoint's numpy copy be checked against its torch copy, and a torch
+    file be scored, without importing torch."""
+    layers, _ = head_layout(input_dim, hidden_dims, batch_norm)
+    mean = np.asarray(state["feature_mean"], np.float64)
+    std = np.asarray(state["feature_std"], np.float64)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(all="ignore"):  # a broken state gives inf/nan, which the caller refuses
+        for i, (lin, bn) in enumerate(layers):
+            w = np.asarray(state[f"{lin}.weight"], np.float64)  # (out, in)
+            b = np.asarray(state[f"{lin}.bias"], np.float64)
+            if i == 0:  # fold (x - mean) / std into the first Linear
+                w = w / std
+                b = b - w @ mean
+            if bn is not None:  # y = gamma * (z - mu) / sqrt(var + eps) + beta
+                scale = (np.asarray(state[f"{bn}.weight"], np.float64)
+                         / np.sqrt(np.asarray(state[f"{bn}.running_var"], np.float64) + BN_EPS))
+                w = w * scale[:, None]
+                b = ((b - np.asarray(state[f"{bn}.running_mean"], np.float64)) * scale
+                     + np.asarray(state[f"{bn}.bias"], np.float64))
+            out[f"W{i}"] = np.ascontiguousarray(w.T, dtype=np.float32)  # (in, out)
+            out[f"b{i}"] = b.astype(np.float32)
+    return out
+
+
 def row_seed(seed: int, key: str) -> int:
     """128-bit seed of one row's MC-dropout stream: sha256 of "seed:key" (any int seed)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:16], "big")

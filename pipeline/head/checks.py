@@ -1,0 +1,198 @@
+"""One checked description of a checkpoint: metadata, head config, features, tensor layout, values.
+
+Everything that reads a checkpoint (score, evaluate, export, validate, from_checkpoint) gets its
+HeadConfig and arrays through these checks, run in `load_checkpoint` before anything is built:
+the metadata is a JSON object in the expected format; the head config has the right types and
+sane bounds; the feature description is well formed; the tensors are exactly the names, shapes
+and dtypes that config implies; every value is finite; and the numpy copy of the head equals
+the fold of the torch copy. Torch-free: cached scoring reads checkpoints without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import CheckpointError, ConfigError
+from pipeline.head.config import HeadConfig
+from pipeline.head.numpy_head import fold_state, head_layout
+
+FORMAT = "ssimcache-head/1"
+FIX = "restore the file from a copy or retrain the head (`ssimcache train`)"
+# torch.manual_seed takes an unsigned 64-bit seed (negatives alias large ones).
+MAX_SEED = 2**64 - 1
+# The numpy copy is the float64 fold of the torch copy cast to float32: identical on one
+# machine, within a few float32 ulps across BLAS builds. A tolerance of 1e-5 relative to each
+# element (plus 1e-6 of the array's scale, for elements that cancel to ~0) leaves margin for
+# that and still catches any edit that changes a prediction.
+RTOL, ATOL_SCALE = 1e-5, 1e-6
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# safetensors dtype codes -> numpy names (the layout is checked before tensors are loaded).
+_ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+              "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8",
+              "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
+
+
+def dtype_name(code: str) -> str:
+    """numpy name of a safetensors dtype code ('F32' -> 'float32')."""
+    return _ST_DTYPES.get(code, code.lower())
+
+
+def parse_meta(text: Any, path: Path) -> dict[str, Any]:
+    """The metadata document: a JSON object, or a CheckpointError naming the file."""
+    if not isinstance(text, str):
+        raise CheckpointError(f"checkpoint {path}: its metadata is a {type(text).__name__}, "
+                              f"not JSON text; {FIX}")
+    try:
+        meta = json.loads(text)
+    except ValueError as e:  # includes pickle bytes or other binary smuggled into the header
+        raise CheckpointError(f"checkpoint {path}: its metadata is not valid JSON ({e}); "
+                              f"{FIX}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: its metadata is a JSON "
+                              f"{type(meta).__name__}, not an object; {FIX}")
+    return meta
+
+
+def check_description(meta: Mapping[str, Any], path: Path, *,
+                      format_required: bool = True) -> HeadConfig:
+    """Check the metadata's format, head config and feature description; the HeadConfig."""
+    fmt = meta.get("format")
+    if fmt != FORMAT and (format_required or fmt is not None):
+        raise CheckpointError(f"checkpoint {path}: metadata format {fmt!r} is not "
+                              f"{FORMAT!r}, the one this ssimcache reads; {FIX}")
+    config = check_head_config(meta.get("head_config"), path)
+    _check_features(meta, path)
+    return config
+
+
+def check_head_config(raw: Any, path: Path) -> HeadConfig:
+    """head_config: a JSON object whose fields have the right types and sane bounds."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"checkpoint {path}: 'head_config' is missing or not an object "
+                              f"(got {type(raw).__name__}); {FIX}")
+    try:
+        return HeadConfig.from_dict(raw)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: invalid head_config ({e}); {FIX}") from None
+
+
+def _check_features(meta: Mapping[str, Any], path: Path) -> None:
+    """The feature description the head reads: today one block (fingerprint, feature_spec,
+    extract_config). Kept apart from the head checks so that a list of blocks (each with its
+    own fingerprint/spec/config/dim, concatenated as the head input) extends it here alone."""
+    fp = meta.get("fingerprint")
+    if not isinstance(fp, str) or not _HEX64.fullmatch(fp):
+        raise CheckpointError(f"checkpoint {path}: 'fingerprint' must be a 64-character "
+                              f"sha256 hex digest, got {fp!r}; {FIX}")
+    if not isinstance(meta.get("feature_spec"), dict):
+        raise CheckpointError(f"checkpoint {path}: 'feature_spec' is missing or not an "
+                              f"object; {FIX}")
+    _check_extract_config(meta.get("extract_config", {}), path)
+
+
+def _check_extract_config(saved: Any, path: Path) -> None:
+    """The recorded extractor settings are checked here, naming the checkpoint, so that a bad
+    key never surfaces later as if the user had typed it ('command line: unknown key')."""
+    from pipeline.config import build_config
+    from pipeline.extract.spec import ExtractConfig
+
+    where = f"checkpoint {path} (its extract_config)"
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where} is a {type(saved).__name__}, not an object; {FIX}")
+    try:
+        build_config(ExtractConfig, None, saved, overrides_source=where)
+    except ConfigError as e:  # from a field's type (names `where`) or from __post_init__
+        msg = str(e) if where in str(e) else f"{where}: {e}"
+        raise CheckpointError(f"{msg}; {FIX}") from None
+    m = re.fullmatch(r"random:(\d+)", str(saved.get("weights", "")))
+    if m and int(m.group(1)) > MAX_SEED:
+        raise CheckpointError(f"{where}: weights {saved['weights']!r} has a seed above "
+                              f"{MAX_SEED} (torch.manual_seed's range); {FIX}")
+
+
+def expected_layout(config: HeadConfig) -> tuple[dict[str, tuple[tuple[int, ...], str]],
+                                                 dict[str, tuple[tuple[int, ...], str]]]:
+    """({state name: (shape, dtype)}, {numpy name: (shape, dtype)}) that `config` implies."""
+    state: dict[str, tuple[tuple[int, ...], str]] = {
+        "feature_mean": ((config.input_dim,), "float32"),
+        "feature_std": ((config.input_dim,), "float32")}
+    folded: dict[str, tuple[tuple[int, ...], str]] = {}
+    layers, _ = head_layout(config.input_dim, config.hidden_dims, config.batch_norm)
+    widths = [config.input_dim, *config.hidden_dims, 1]
+    for i, (lin, bn) in enumerate(layers):
+        n_in, n_out = widths[i], widths[i + 1]
+        state[f"{lin}.weight"] = ((n_out, n_in), "float32")  # torch Linear: (out, in)
+        state[f"{lin}.bias"] = ((n_out,), "float32")
+        if bn is not None:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                state[f"{bn}.{name}"] = ((n_out,), "float32")
+            state[f"{bn}.num_batches_tracked"] = ((), "int64")
+        folded[f"W{i}"] = ((n_in, n_out), "float32")  # numpy head: x @ W, (in, out)
+        folded[f"b{i}"] = ((n_out,), "float32")
+    return state, folded
+
+
+def check_layout(found: Mapping[str, tuple[tuple[int, ...], str]], config: HeadConfig,
+                 path: Path, *, prefixed: bool = True) -> None:
+    """Tensor names, shapes and dtypes are exactly those `config` implies (checked from the
+    header, before any tensor is read). `prefixed`: names are 'head/...' and 'numpy/...' (a
+    safetensors checkpoint); otherwise a bare torch state dict."""
+    state, folded = expected_layout(config)
+    want = ({**{f"head/{k}": v for k, v in state.items()},
+             **{f"numpy/{k}": v for k, v in folded.items()}} if prefixed else state)
+    missing, unexpected = sorted(set(want) - set(found)), sorted(set(found) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path}: its tensors do not match its head_config (input_dim "
+            f"{config.input_dim}, hidden_dims {list(config.hidden_dims)}, batch_norm "
+            f"{config.batch_norm}): missing {missing[:6]}, unexpected {unexpected[:6]}; {FIX}")
+    for name, (shape, dtype) in want.items():
+        got_shape, got_dtype = found[name]
+        if tuple(got_shape) != shape or got_dtype != dtype:
+            raise CheckpointError(
+                f"checkpoint {path}: tensor '{name}' is {got_dtype} {tuple(got_shape)}, its "
+                f"head_config implies {dtype} {shape}; {FIX}")
+
+
+def check_values(state: Mapping[str, np.ndarray], numpy_head: Mapping[str, np.ndarray] | None,
+                 config: HeadConfig, path: Path) -> dict[str, np.ndarray]:
+    """All weights finite, standardisation and BatchNorm variances usable, and the numpy copy
+    equal to the fold of the torch copy (a flipped bit in one copy would otherwise make
+    `score`/`evaluate` and `export` disagree silently). Returns the numpy head (the recomputed
+    fold when the file has no numpy copy)."""
+    arrays = {**{f"head/{k}": v for k, v in state.items()},
+              **{f"numpy/{k}": v for k, v in (numpy_head or {}).items()}}
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(np.size(a) - np.isfinite(a).sum())
+            raise CheckpointError(f"checkpoint {path}: tensor '{name}' holds {bad} NaN/Inf "
+                                  f"value(s), so every prediction would be garbage; {FIX}")
+    if not (state["feature_std"] > 0).all():
+        raise CheckpointError(f"checkpoint {path}: 'feature_std' has values <= 0 (inputs are "
+                              f"divided by it); {FIX}")
+    ref = fold_state(state, config.input_dim, config.hidden_dims, config.batch_norm)
+    for name, a in ref.items():
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"checkpoint {path}: folding its weights gives NaN/Inf in "
+                                  f"'{name}' (a BatchNorm running_var below 0?); {FIX}")
+    if numpy_head is None:
+        return ref
+    for name, want in ref.items():
+        want64, got64 = want.astype(np.float64), numpy_head[name].astype(np.float64)
+        scale = float(np.abs(want64).max()) if want64.size else 0.0
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(got64 - want64)
+            bad = ~(diff <= RTOL * np.abs(want64) + ATOL_SCALE * scale)
+        if bad.any():
+            raise CheckpointError(
+                f"checkpoint {path}: its two copies of the head disagree: numpy/{name} differs "
+                f"from the fold of the torch tensors in {int(bad.sum())} value(s) (max "
+                f"{float(np.nanmax(diff)):.3g}, scale {scale:.3g}); one copy is damaged, so "
+                f"score/evaluate and export would not agree; {FIX}")
+    return dict(numpy_head)
