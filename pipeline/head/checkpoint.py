@@ -32,6 +32,14 @@ from pipeline.head.checks import (
     parse_meta,
 )
 from pipeline.head.config import HeadConfig
+from pipeline.head.integrity import (
+    HEADER_KEY,
+    make_record,
+    parse_record,
+    verify_meta,
+    verify_tensors,
+    warn_unverified,
+)
 from pipeline.labels.definition import LABEL_DEFINITION
 
 if TYPE_CHECKING:  # torch stays out of the cached scoring path
@@ -151,7 +159,8 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
                               .replace(FIX, "the head is not usable (did training diverge? "
                                             "try a lower --lr)")) from None
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": meta_text})
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": meta_text,
+                                               HEADER_KEY: make_record(tensors, meta_text)})
     return path
 
 
@@ -236,6 +245,11 @@ def _load_safetensors(path: Path) -> Checkpoint:
             if "meta" not in header:
                 raise CheckpointError(f"checkpoint {path} has no metadata ('meta' entry of the "
                                       f"header); {FIX}")
+            # The digests first: an edited or damaged file is reported as such, not as
+            # whichever check its damage happens to break.
+            record = parse_record(header.get(HEADER_KEY), path)
+            if record is not None:
+                verify_meta(record, header["meta"], path)
             meta = parse_meta(header["meta"], path)
             config = check_description(meta, path)
             # Names, shapes and dtypes from the header, before any tensor is read.
@@ -250,6 +264,8 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except Exception as e:  # safetensors raises its own error types for a bad file
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e}): "
                               f"it may be truncated; {FIX}") from None
+    if record is not None:
+        verify_tensors(record, arrays, path)
     state = {k[5:]: v for k, v in arrays.items() if k.startswith("head/")}
     numpy_head = check_values(state, {k[6:]: v for k, v in arrays.items()
                                       if k.startswith("numpy/")}, config, path)
@@ -279,6 +295,7 @@ def _load_pickle(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is a torch file but not an ssimcache checkpoint "
                               "(expected a dict with 'state_dict' and 'meta')")
     meta = payload["meta"]
+    warn_unverified(path, "a torch file")
     config = check_description(meta, path, format_required=False)
     tensors = payload["state_dict"]
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):

@@ -102,13 +102,24 @@ def head_layout(input_dim: int, hidden_dims: Sequence[int], batch_norm: bool
 
 def fold_state(state: Mapping[str, np.ndarray], input_dim: int, hidden_dims: Sequence[int],
                batch_norm: bool) -> dict[str, np.ndarray]:
-    """`SSIMPredictor.fold_numpy()` computed from a state dict in numpy (float64, cast to
-    float32): lets a checkpoint's numpy copy be checked against its torch copy, and a torch
-    file be scored, without importing torch."""
+    """`SSIMPredictor.fold_numpy()` computed from a state dict in numpy: lets a torch file be
+    scored without importing torch. {"W0": (in, out) float32, "b0": (out,), ...}."""
+    out: dict[str, np.ndarray] = {}
+    for i, (w, b) in enumerate(fold_state64(state, input_dim, hidden_dims, batch_norm)):
+        out[f"W{i}"] = np.ascontiguousarray(w.T, dtype=np.float32)  # (in, out)
+        out[f"b{i}"] = b.astype(np.float32)
+    return out
+
+
+def fold_state64(state: Mapping[str, np.ndarray], input_dim: int, hidden_dims: Sequence[int],
+                 batch_norm: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(W (out, in), b (out,)), ...] in float64, the torch layout: standardisation and
+    BatchNorm folded as `SSIMPredictor.fold_numpy` does, so a checkpoint's numpy copy can be
+    checked against its torch copy without a transposed copy of every matrix."""
     layers, _ = head_layout(input_dim, hidden_dims, batch_norm)
     mean = np.asarray(state["feature_mean"], np.float64)
     std = np.asarray(state["feature_std"], np.float64)
-    out: dict[str, np.ndarray] = {}
+    out = []
     with np.errstate(all="ignore"):  # a broken state gives inf/nan, which the caller refuses
         for i, (lin, bn) in enumerate(layers):
             w = np.asarray(state[f"{lin}.weight"], np.float64)  # (out, in)
@@ -119,11 +130,10 @@ def fold_state(state: Mapping[str, np.ndarray], input_dim: int, hidden_dims: Seq
             if bn is not None:  # y = gamma * (z - mu) / sqrt(var + eps) + beta
                 scale = (np.asarray(state[f"{bn}.weight"], np.float64)
                          / np.sqrt(np.asarray(state[f"{bn}.running_var"], np.float64) + BN_EPS))
-                w = w * scale[:, None]
+                w *= scale[:, None]
                 b = ((b - np.asarray(state[f"{bn}.running_mean"], np.float64)) * scale
                      + np.asarray(state[f"{bn}.bias"], np.float64))
-            out[f"W{i}"] = np.ascontiguousarray(w.T, dtype=np.float32)  # (in, out)
-            out[f"b{i}"] = b.astype(np.float32)
+            out.append((w, b))
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, PipelineWarning
 from pipeline.head.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
@@ -121,7 +121,8 @@ def test_weights_only_torch_checkpoint_loads(tmp_path):
                                   "fingerprint": FP, "feature_spec": SPEC}))
     path = tmp_path / "ok.pt"
     torch.save({"state_dict": head.state_dict(), "meta": meta}, path)
-    ckpt = load_checkpoint(path)
+    with pytest.warns(PipelineWarning, match="no integrity digests"):
+        ckpt = load_checkpoint(path)
     x = torch.rand(4, 64)
     rebuilt, _ = ckpt.build_head()
     assert torch.equal(rebuilt(x), head(x))
@@ -193,6 +194,7 @@ def test_torch_files_still_go_weights_only(tmp_path, zipped, monkeypatch):
     seen = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or real(*a, **k))
-    ckpt = load_checkpoint(path)
+    with pytest.warns(PipelineWarning, match="a torch file"):
+        ckpt = load_checkpoint(path)
     assert seen and all(k.get("weights_only") is True for k in seen)
     assert ckpt.head_config == CFG

@@ -6,14 +6,24 @@ import json
 import math
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from pipeline.errors import CheckpointError
+from pipeline.cli import cli
+from pipeline.errors import CheckpointError, PipelineWarning
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.head.numpy_head import NumpyHead
-from tests.head.crafted import craft, flip_bit, refold
+from tests.head.crafted import (
+    craft,
+    data_offset,
+    flip_bit,
+    flip_bytes,
+    read_parts,
+    refold,
+)
 from tests.stage_two_fixtures import trained_setup
 
 
@@ -133,3 +143,75 @@ def test_untouched_file_loads_and_predicts_as_saved(setup, tmp_path):
     x = np.random.default_rng(1).random((5, 54), dtype=np.float32)
     assert np.array_equal(NumpyHead(a.numpy_head)(x), NumpyHead(b.numpy_head)(x))
     assert json.dumps(a.meta) == json.dumps(b.meta)
+
+
+# -- 13.1 integrity digests -----------------------------------------------------------------
+
+def test_written_checkpoint_records_a_digest_of_every_tensor_and_the_metadata(setup):
+    tensors, header = read_parts(setup["ckpt"])
+    record = json.loads(header["integrity"])
+    assert record["algorithm"] == "sha256" and re.fullmatch(r"[0-9a-f]{64}", record["meta"])
+    assert set(record["tensors"]) == set(tensors)
+
+
+@pytest.mark.parametrize("name", ["head/mlp.0.weight", "numpy/W0", "head/feature_mean"])
+def test_flipped_tensor_bytes_are_refused(setup, tmp_path, name):
+    path = tmp_path / "flipped.safetensors"
+    shutil.copy(setup["ckpt"], path)
+    offset, size = data_offset(path, name)
+    count = min(200, size // 2)
+    flip_bytes(path, offset + (size - count) // 2, count)  # the middle of the tensor
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"tensor '{name}'" in msg and "sha256" in msg
+    assert "restore" in msg and "retrain" in msg
+
+
+def test_flipped_metric_digit_is_refused(setup, tmp_path):
+    path = tmp_path / "metric.safetensors"
+    raw = bytearray(setup["ckpt"].read_bytes())
+    at = raw.index(b'\\"mae\\": 0.') + len(b'\\"mae\\": 0.')  # meta is JSON inside JSON
+    raw[at] = ord("9") if raw[at] != ord("9") else ord("1")  # one digit, same length
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"its metadata .* does not match the sha256"):
+        load_checkpoint(path)
+
+
+def test_consistently_scaled_weights_are_refused_by_the_digest(setup, tmp_path):
+    """Both copies scaled by 1e30 agree with each other (every image would score 0.000000):
+    only the digest can tell."""
+    def scale(t):
+        for k in ("head/mlp.8.weight", "numpy/W2"):
+            t[k] = (t[k] * np.float32(1e30)).astype(np.float32)
+    path = craft(setup["ckpt"], tmp_path / "scaled.safetensors", tensors=scale, resign=False)
+    with pytest.raises(CheckpointError, match=r"tensor 'head/mlp.8.weight' does not match"):
+        load_checkpoint(path)
+
+
+def test_damaged_integrity_record_is_refused(setup, tmp_path):
+    path = craft(setup["ckpt"], tmp_path / "rec.safetensors", resign=False,
+                 header=lambda h: h.__setitem__("integrity", "{oops"))
+    with pytest.raises(CheckpointError, match="integrity record is not readable"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_without_digests_loads_with_one_warning(setup, tmp_path):
+    """Files written before digests existed: still checked (layout, values, agreement), loaded,
+    and a warning says their bytes could not be verified."""
+    path = craft(setup["ckpt"], tmp_path / "old.safetensors", resign=False,
+                 header=lambda h: h.pop("integrity"))
+    with pytest.warns(PipelineWarning, match="no integrity digests"):
+        ckpt = load_checkpoint(path)
+    assert ckpt.head_config == load_checkpoint(setup["ckpt"]).head_config
+    res = CliRunner().invoke(cli, ["score", str(setup["root"] / "images" / "img000.png"),
+                                   "--checkpoint", str(path), "--store", str(setup["store"]),
+                                   "--cached-only", "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.stderr.splitlines() if "no integrity digests" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: checkpoint ")
+    # ...but still checked: a damaged copy without digests is refused all the same
+    bad = craft(path, tmp_path / "old_bad.safetensors", resign=False,
+                tensors=_scaled("numpy/W1", 1.01))
+    with pytest.warns(PipelineWarning), pytest.raises(CheckpointError, match="disagree"):
+        load_checkpoint(bad)
