@@ -32,13 +32,13 @@ from pipeline.head.checks import (
     parse_meta,
 )
 from pipeline.head.config import HeadConfig
+from pipeline.head.formats import read_torch_file, sniff_format
 from pipeline.head.integrity import (
     HEADER_KEY,
     make_record,
     parse_record,
     verify_meta,
     verify_tensors,
-    warn_unverified,
 )
 from pipeline.labels.definition import LABEL_DEFINITION
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # torch stays out of the cached scoring path
 
 __all__ = ["FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint", "sniff_format",
            "versions"]
+
 
 @dataclass
 class Checkpoint:
@@ -175,45 +176,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-# safetensors refuses headers above 100 MB; ours are a few KB (JSON metadata + offsets).
-MAX_HEADER = 100_000_000
-
-
-def sniff_format(path: Path) -> str:
-    """'safetensors' | 'torch' (a torch.save zip or bare pickle) | 'empty' | 'unknown'.
-
-    A safetensors file starts with its header length as a little-endian u64, so its first byte
-    can be anything, 0x80 included (1 file in 32: the length is 8-aligned) -- that byte is a
-    pickle PROTO opcode only when the file is not a valid safetensors file. So the whole header
-    decides: a sane length that fits the file, followed by that many bytes of JSON object.
-    """
-    size = path.stat().st_size
-    if size == 0:
-        return "empty"
-    with open(path, "rb") as f:
-        first = f.read(8)
-        n = int.from_bytes(first, "little") if len(first) == 8 else -1
-        if 2 <= n <= min(size - 8, MAX_HEADER):
-            header = f.read(n)
-            if header[:1] == b"{":
-                try:
-                    if isinstance(json.loads(header), dict):
-                        return "safetensors"
-                except ValueError:  # not JSON (or not UTF-8): fall through to the magic bytes
-                    pass
-    # torch.save writes a zip archive; a legacy torch.save / bare pickle starts with PROTO
-    # (0x80) followed by the protocol number (2..5).
-    if first.startswith(b"PK\x03\x04") or (first[:1] == b"\x80" and first[1:2] in
-                                            (b"\x02", b"\x03", b"\x04", b"\x05")):
-        return "torch"
-    if 0 <= n <= MAX_HEADER:
-        return "safetensors"  # damaged or truncated: safetensors says what is wrong
-    return "unknown"
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint (see pipeline.head.checks) without torch (safetensors); a
-    torch file goes through `_load_pickle` (weights-only). Any problem is a CheckpointError
+    torch file goes through `read_torch_file` (weights-only). Any problem is a CheckpointError
     naming the file."""
     path = Path(path)
     if not path.is_file():
@@ -224,7 +189,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except OSError as e:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
     if kind == "torch":
-        return _load_pickle(path)
+        meta, config, state, numpy_head = read_torch_file(path)
+        return Checkpoint(path=path, head_config=config, state=state, numpy_head=numpy_head,
+                          meta=meta)
     if kind != "safetensors":
         what = "empty (0 bytes)" if kind == "empty" else "neither a safetensors nor a torch file"
         raise CheckpointError(f"checkpoint {path} is {what}: pass the file written by "
@@ -271,38 +238,3 @@ def _load_safetensors(path: Path) -> Checkpoint:
                                       if k.startswith("numpy/")}, config, path)
     return Checkpoint(path=path, head_config=config, state=state, numpy_head=numpy_head,
                       meta=meta)
-
-
-def _load_pickle(path: Path) -> Checkpoint:
-    """A torch.save file: weights_only=True only; anything that would run code is refused.
-    The numpy head is folded from its state dict."""
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "unsupported protocol" notice before the refusal
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # untrusted bytes: the unpickler and zip reader raise many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refused to load {path}: it is a pickle that the weights-only loader rejects "
-            f"({first}); loading it fully could run arbitrary code. Use a .safetensors "
-            "checkpoint written by `ssimcache train`") from None
-    if not (isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict)
-            and isinstance(payload.get("meta"), dict)):
-        raise CheckpointError(f"{path} is a torch file but not an ssimcache checkpoint "
-                              "(expected a dict with 'state_dict' and 'meta')")
-    meta = payload["meta"]
-    warn_unverified(path, "a torch file")
-    config = check_description(meta, path, format_required=False)
-    tensors = payload["state_dict"]
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
-        raise CheckpointError(f"checkpoint {path}: its state_dict holds entries that are not "
-                              f"named tensors; {FIX}")
-    check_layout({k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
-                  for k, v in tensors.items()}, config, path, prefixed=False)
-    state = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
-    return Checkpoint(path=path, head_config=config, state=state,
-                      numpy_head=check_values(state, None, config, path), meta=meta)
