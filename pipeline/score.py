@@ -17,10 +17,16 @@ import numpy as np
 
 from pipeline.errors import CheckpointError, PipelineError
 from pipeline.head.checkpoint import load_checkpoint
-from pipeline.head.numpy_head import NumpyHead
+from pipeline.head.numpy_head import NONFINITE_REASON, NumpyHead
 from store.errors import StoreKeyError, StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.keys import content_key
+
+
+def nonfinite_failures(paths: Sequence[str | Path], values: np.ndarray,
+                       scored: Sequence[int]) -> list[tuple[str, str]]:
+    """(path, reason) rows for the `scored` positions whose value is not finite."""
+    return [(str(paths[i]), NONFINITE_REASON) for i in scored if not np.isfinite(values[i])]
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,12 @@ class Scorer:
 
     def score_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
                     progress: bool = False) -> np.ndarray:
-        """(N,) predicted SSIM per path, input order; NaN where the image could not be read."""
+        """(N,) predicted SSIM per path, input order; NaN where the image could not be read or
+        its prediction is not finite (each such path gets a row in `failures`)."""
         keys = self.keys_for_paths(paths, cached_only=cached_only, progress=progress)
         ok = [i for i, k in enumerate(keys) if k is not None]
         out = np.full(len(keys), np.nan, dtype=np.float32)
         if ok:
             out[ok] = self.score_keys([keys[i] for i in ok])
+        self.failures += nonfinite_failures(paths, out, ok)
         return out

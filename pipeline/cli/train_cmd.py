@@ -113,12 +113,12 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
     _echo_skipped(summary["skipped"])
 
 
-def _echo_skipped(skipped: list[Any]) -> None:
-    """Unreadable labelled images on stderr: the first 10, then how many more."""
+def _echo_skipped(skipped: list[Any], word: str = "skipped") -> None:
+    """(path, reason) rows on stderr: the first 10, then how many more."""
     for path, reason in skipped[:10]:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        click.echo(f"{word} {path}: {reason}", err=True)
     if len(skipped) > 10:
-        click.echo(f"... and {len(skipped) - 10} more skipped", err=True)
+        click.echo(f"... and {len(skipped) - 10} more {word}", err=True)
 
 
 @click.command("evaluate")
@@ -145,6 +145,7 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
     per family. Extractor settings default to those recorded in the checkpoint."""
     from pipeline.train.evaluate import evaluate as run_eval
     from pipeline.train.evaluate import write_reports
+    from pipeline.train.report import dumps
 
     ev = run_eval(labels, store, checkpoint, split=split, config_path=extract_config,
                   overrides={"weights": weights, "precision": precision,
@@ -153,12 +154,17 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
     to_stdout = json_out == "-"
     written = write_reports(ev, None if to_stdout else json_out, html_out)
     _echo_skipped(ev.skipped)  # stderr, so `--json -` stays the issue's JSON and nothing else
+    _echo_skipped(ev.non_finite, "left out")
+    for warning in ev.report.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if to_stdout:
-        click.echo(json.dumps(ev.report, indent=2))
+        click.echo(dumps(ev.report))  # strict JSON: a non-finite number becomes null
         return
+    left_out = f", {len(ev.non_finite)} not finite" if ev.non_finite else ""
     click.echo(f"{checkpoint} on {labels} (split {split}, fingerprint "
                f"{ev.context['fingerprint'][:12]}…); n {ev.report['n']}, "
-               f"skipped {len(ev.skipped)} unreadable, extracted {ev.context['extracted']}")
+               f"skipped {len(ev.skipped)} unreadable{left_out}, extracted "
+               f"{ev.context['extracted']}")
     click.echo(metrics_table({split: ev.report}))
     for path in written:
         click.echo(f"wrote {path}")
