@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from pipeline.errors import ConfigError
 
 T = TypeVar("T")
+# Seeds reach torch.manual_seed, which takes an unsigned 64-bit integer.
+MAX_SEED = 2**64 - 1
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:

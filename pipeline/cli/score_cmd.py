@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from pipeline.cli.params import SEED, UNCERTAINTY
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # With --uncertainty: the MC-dropout mean, std and 90 % interval, after predicted_ssim (which is
 # the deterministic, dropout-off prediction and may lie outside [low, high]).
@@ -74,10 +76,12 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
                    "checkpoint's extractor settings).")
 @click.option("--cached-only", is_flag=True,
               help="Never extract (never imports torch): fail listing images not in the store.")
-@click.option("--uncertainty", type=click.IntRange(min=2), default=None,
-              help="Add MC-dropout mean, std and 90% interval from N stochastic passes "
-                   "(seeded per image key, so an image's numbers do not depend on the others).")
-@click.option("--seed", type=int, default=None, help="MC-dropout seed [default: 0 / config]")
+@click.option("--uncertainty", type=UNCERTAINTY, default=None,
+              help="Add MC-dropout mean, std and 90% interval from N stochastic passes, "
+                   "2..1000 (seeded per image key, so an image's numbers do not depend on the "
+                   "others).")
+@click.option("--seed", type=SEED, default=None,
+              help="MC-dropout seed, 0..2**64-1 [default: 0 / config]")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
                                       "(+ mean,std,low,high with --uncertainty).")

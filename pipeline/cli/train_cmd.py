@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from pipeline.cli.params import IMAGE_SIZE, SEED, FiniteFloat, check_weights
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -25,12 +27,13 @@ def extractor_options(fn: Any) -> Any:
     """--weights/--precision/--image-size/--extract-config: choose the feature namespace
     (train, evaluate, validate)."""
     for opt in reversed([
-        click.option("--weights", default=None,
-                     help=f"Backbone weights: imagenet | PATH (state dict) | random:SEED {_FROM}"),
+        click.option("--weights", default=None, callback=check_weights,
+                     help="Backbone weights: imagenet | PATH (state dict) | random:SEED "
+                          f"(0..2**64-1) {_FROM}"),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
                      help=f"Backbone precision {_FROM}"),
-        click.option("--image-size", type=click.IntRange(min=16), default=None,
-                     help=f"Model input size {_FROM}"),
+        click.option("--image-size", type=IMAGE_SIZE, default=None,
+                     help=f"Model input size, 16..4096 {_FROM}"),
         click.option("--extract-config", type=click.Path(dir_okay=False), default=None,
                      help="Extractor JSON config (as `ssimcache extract --config`) "
                           "[default: the checkpoint's settings if one is given, else "
@@ -68,13 +71,14 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
               help="Training JSON config (TrainConfig fields).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs [default: 150 / config]")
-@click.option("--seed", type=int, default=None, help="Split/init/shuffle seed [default: 0]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--seed", type=SEED, default=None,
+              help="Split/init/shuffle seed, 0..2**64-1 [default: 0]")
+@click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True),
               default=None, help="Share of keys in the validation split [default: 0.2]")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--test-fraction", type=FiniteFloat(0, 1, max_open=True), default=None,
               help="Share of keys held out for testing [default: 0.1]")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-              help="AdamW learning rate [default: 1e-3]")
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=None,
+              help="AdamW learning rate, finite and > 0 [default: 1e-3]")
 @extractor_options
 @click.option("--cached-only", is_flag=True,
               help="Do not extract: fail with the list of labelled images missing from the store.")
@@ -179,8 +183,8 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
 @click.option("--full", is_flag=True,
               help="Backbone + head (input (B,3,S,S) normalised images) instead of the head "
                    "alone (input (B,2048) features).")
-@click.option("--image-size", type=click.IntRange(min=16), default=None,
-              help="Example input size for --full [default: the checkpoint's]")
+@click.option("--image-size", type=IMAGE_SIZE, default=None,
+              help="Example input size for --full, 16..4096 [default: the checkpoint's]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(checkpoint: str, fmt: str, out: str, full: bool, image_size: int | None,
            as_json: bool) -> None:

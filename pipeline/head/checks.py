@@ -24,8 +24,6 @@ from pipeline.head.numpy_head import fold_state64, head_layout
 
 FORMAT = "ssimcache-head/1"
 FIX = "restore the file from a copy or retrain the head (`ssimcache train`)"
-# torch.manual_seed takes an unsigned 64-bit seed (negatives alias large ones).
-MAX_SEED = 2**64 - 1
 # The numpy copy is the float64 fold of the torch copy cast to float32: identical on one
 # machine, within a few float32 ulps across BLAS builds. A tolerance of 1e-5 relative to each
 # element (plus 1e-6 of the array's scale, for elements that cancel to ~0) leaves margin for
@@ -99,7 +97,7 @@ def _check_features(meta: Mapping[str, Any], path: Path) -> None:
 def _check_extract_config(saved: Any, path: Path) -> None:
     """The recorded extractor settings are checked here, naming the checkpoint, so that a bad
     key never surfaces later as if the user had typed it ('command line: unknown key')."""
-    from pipeline.config import build_config
+    from pipeline.config import MAX_SEED, build_config
     from pipeline.extract.spec import ExtractConfig
 
     where = f"checkpoint {path} (its extract_config)"
