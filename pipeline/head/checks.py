@@ -29,6 +29,7 @@ FIX = "restore the file from a copy or retrain the head (`ssimcache train`)"
 # element (plus 1e-6 of the array's scale, for elements that cancel to ~0) leaves margin for
 # that and still catches any edit that changes a prediction.
 RTOL, ATOL_SCALE = 1e-5, 1e-6
+MAX_IMAGE_SIZE = 4096  # as `--image-size` (pipeline/cli/params.py)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # safetensors dtype codes -> numpy names (the layout is checked before tensors are loaded).
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
@@ -108,6 +109,10 @@ def _check_extract_config(saved: Any, path: Path) -> None:
     except ConfigError as e:  # from a field's type (names `where`) or from __post_init__
         msg = str(e) if where in str(e) else f"{where}: {e}"
         raise CheckpointError(f"{msg}; {FIX}") from None
+    # export --full builds example images of this size: bound it as `--image-size` is.
+    if saved.get("image_size", 0) > MAX_IMAGE_SIZE:
+        raise CheckpointError(f"{where}: image_size {saved['image_size']} is above "
+                              f"{MAX_IMAGE_SIZE}; {FIX}")
     m = re.fullmatch(r"random:(\d+)", str(saved.get("weights", "")))
     if m and int(m.group(1)) > MAX_SEED:
         raise CheckpointError(f"{where}: weights {saved['weights']!r} has a seed above "

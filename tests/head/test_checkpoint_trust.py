@@ -89,6 +89,8 @@ DESCRIPTION_CASES = [
      r"its extract_config\): unknown key.*colour"),
     ("extract_nan", {"meta": _set("extract_config", "mean", [math.nan, 0.4, 0.4])},
      r"its extract_config\).*finite"),
+    ("image_size_huge", {"meta": _set("extract_config", "image_size", 10**6)},
+     r"image_size 1000000 is above 4096"),
     ("weights_seed_huge", {"meta": _set("extract_config", "weights", "random:" + "9" * 30)},
      r"seed above"),
     ("numpy_renamed", {"tensors": lambda t: t.__setitem__("numpy/X0", t.pop("numpy/W0"))},
