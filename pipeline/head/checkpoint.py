@@ -226,7 +226,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
                 found[k] = (tuple(sl.get_shape()), dtype_name(sl.get_dtype()))
             check_layout(found, config, path)
             arrays = {k: f.get_tensor(k) for k in found}
-    except CheckpointError:
+    except (CheckpointError, Warning):  # ours (a warning raised under -W error included)
         raise
     except Exception as e:  # safetensors raises its own error types for a bad file
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e}): "

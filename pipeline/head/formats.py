@@ -54,6 +54,7 @@ def read_torch_file(path: Path) -> tuple[dict[str, Any], HeadConfig, dict[str, n
     """(meta, head config, state, numpy head) of a torch.save file {"state_dict", "meta"}:
     weights_only=True only, anything that would run code is refused; checked as a safetensors
     checkpoint is, and its numpy head folded from the state dict."""
+    import pickle
     import warnings
 
     import torch
@@ -62,12 +63,17 @@ def read_torch_file(path: Path) -> tuple[dict[str, Any], HeadConfig, dict[str, n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "unsupported protocol" notice before the refusal
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # untrusted bytes: the unpickler and zip reader raise many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:  # the weights-only unpickler met a global / code
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
         raise CheckpointError(
             f"refused to load {path}: it is a pickle that the weights-only loader rejects "
-            f"({first}); loading it fully could run arbitrary code. Use a .safetensors "
+            f"({why[:200]}); loading it fully could run arbitrary code. Use a .safetensors "
             "checkpoint written by `ssimcache train`") from None
+    except Exception as e:  # untrusted bytes: the zip reader and unpickler raise many types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is a torch file that cannot be read "
+                              f"({first}): it may be truncated or damaged; {FIX}") from None
     if not (isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict)
             and isinstance(payload.get("meta"), dict)):
         raise CheckpointError(f"{path} is a torch file but not an ssimcache checkpoint "

@@ -175,3 +175,15 @@ def test_console_script_prints_one_error_line_and_no_traceback(setup, tmp_path, 
                           capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
     _assert_refused(proc.stderr, proc.returncode, path)
     assert proc.stdout == ""
+
+
+def test_truncated_torch_file_is_damaged_not_refused_as_code(setup, tmp_path):
+    from pipeline.errors import CheckpointError
+    from pipeline.head.checkpoint import load_checkpoint
+
+    for zipped in (True, False):
+        path = tmp_path / f"t{zipped}.pt"
+        torch.save({"state_dict": {}, "meta": {}}, path, _use_new_zipfile_serialization=zipped)
+        path.write_bytes(path.read_bytes()[:-40])
+        with pytest.raises(CheckpointError, match="cannot be read .*truncated or damaged"):
+            load_checkpoint(path)
