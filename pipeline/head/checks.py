@@ -67,6 +67,7 @@ def check_description(meta: Mapping[str, Any], path: Path, *,
                               f"{FORMAT!r}, the one this ssimcache reads; {FIX}")
     config = check_head_config(meta.get("head_config"), path)
     _check_features(meta, path)
+    _check_split(meta.get("split"), path)
     return config
 
 
@@ -117,6 +118,23 @@ def _check_extract_config(saved: Any, path: Path) -> None:
     if m and int(m.group(1)) > MAX_SEED:
         raise CheckpointError(f"{where}: weights {saved['weights']!r} has a seed above "
                               f"{MAX_SEED} (torch.manual_seed's range); {FIX}")
+
+
+def _check_split(split: Any, path: Path) -> None:
+    """The train-time split `evaluate --split` recomputes: seed and fractions (optional)."""
+    if split is None:
+        return
+    ok = isinstance(split, dict) and _is_int(split.get("seed"))
+    for key in ("val_fraction", "test_fraction"):
+        v = split.get(key) if isinstance(split, dict) else None
+        ok = ok and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: its 'split' needs an integer seed and "
+                              f"val_fraction/test_fraction in [0, 1), got {split!r}; {FIX}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def expected_layout(config: HeadConfig) -> tuple[dict[str, tuple[tuple[int, ...], str]],

@@ -93,6 +93,8 @@ DESCRIPTION_CASES = [
      r"image_size 1000000 is above 4096"),
     ("weights_seed_huge", {"meta": _set("extract_config", "weights", "random:" + "9" * 30)},
      r"seed above"),
+    ("split_broken", {"meta": _set("split", "seed", "zero")}, r"its 'split' needs"),
+    ("split_nan", {"meta": _set("split", "val_fraction", math.nan)}, r"its 'split' needs"),
     ("numpy_renamed", {"tensors": lambda t: t.__setitem__("numpy/X0", t.pop("numpy/W0"))},
      r"missing \['numpy/W0'\], unexpected \['numpy/X0'\]"),
     ("extra_tensor", {"tensors": lambda t: t.__setitem__("head/evil", np.zeros(2, np.float32))},
