@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from typing import Any, TypeVar
 from pipeline.errors import ConfigError
 
 T = TypeVar("T")
+# Seeds reach torch.manual_seed, which takes an unsigned 64-bit integer.
+MAX_SEED = 2**64 - 1
 
 # The repo's configs/ folder, found next to the package (not the cwd) so that the CLI behaves the
 # same from any directory; absent (e.g. a wheel install) -> built-in defaults.
@@ -52,10 +55,17 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: '{name}' must be a number, got {value!r}")
+        # JSON files may hold NaN / Infinity literals (Python's json reads them); no setting
+        # means anything with them, and NaN passes every range check (nan <= 0 is False).
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: '{name}' must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: '{name}' must be an integer, got {value!r}")
+        # JSON integers are unbounded; torch/numpy take at most 64 bits (seeds, sizes).
+        if not -2**63 <= value <= 2**64 - 1:
+            raise ConfigError(f"{source}: '{name}' = {value} does not fit in 64 bits")
         return value
     if hint in (str, bool):
         if not isinstance(value, hint):
@@ -65,9 +75,11 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
 
 
 def build_config(cls: type[T], path: str | Path | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> T:
+                 overrides: Mapping[str, Any] | None = None, *,
+                 overrides_source: str = "command line") -> T:
     """Build a frozen dataclass `cls`: its defaults, then the JSON file at `path`, then
-    `overrides` (CLI flags; `None` values mean "not given"). Unknown keys are an error."""
+    `overrides` (CLI flags; `None` values mean "not given"). Unknown keys are an error.
+    `overrides_source` names where the overrides came from in error messages."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -86,7 +98,7 @@ def build_config(cls: type[T], path: str | Path | None = None,
             raise ConfigError(f"config file {p} must hold a JSON object")
         layers.append((str(p), data))
     if overrides:
-        layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
+        layers.append((overrides_source, {k: v for k, v in overrides.items() if v is not None}))
     for source, layer in layers:
         unknown = sorted(set(layer) - fields)
         if unknown:
@@ -98,7 +110,8 @@ def build_config(cls: type[T], path: str | Path | None = None,
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid {cls.__name__}: {e}") from None
+        where = f"{overrides_source}: " if overrides_source != "command line" else ""
+        raise ConfigError(f"{where}invalid {cls.__name__}: {e}") from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

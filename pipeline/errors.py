@@ -23,3 +23,8 @@ class LabelsError(PipelineError):
 
 class CheckpointError(PipelineError):
     """A checkpoint is missing, malformed, unsafe, or does not match the store namespace."""
+
+
+class PipelineWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one
+    `warning: ...` line on stderr."""

@@ -14,13 +14,25 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import CheckpointError, PipelineError
+from pipeline.config import MAX_SEED
+from pipeline.errors import CheckpointError, ConfigError, PipelineError
+from pipeline.extract.spec import extract_config_for
 from pipeline.head.checkpoint import load_checkpoint
-from pipeline.head.numpy_head import NumpyHead
+from pipeline.head.numpy_head import NONFINITE_REASON, NumpyHead
 from store.errors import StoreKeyError, StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.keys import content_key
 from store.lru import LRUCache
+
+
+def nonfinite_failures(paths: Sequence[str | Path], values: np.ndarray,
+                       scored: Sequence[int]) -> list[tuple[str, str]]:
+    """(path, reason) rows for the `scored` positions whose value is not finite."""
+    return [(str(paths[i]), NONFINITE_REASON) for i in scored if not np.isfinite(values[i])]
+
+
+# MC-dropout passes at most: see UNCERTAINTY in pipeline/cli/params.py for why 1000.
+MAX_UNCERTAINTY_SAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,17 @@ class ScoreConfig:
     batch_size: int = 4096           # vectors read + scored per chunk (bounds memory: 32 MiB)
     uncertainty_samples: int = 30    # MC passes when Scorer.uncertainty() gets no `samples`
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The same bounds as the flags (pipeline/cli/params.py): 2..1000 MC passes, seeds in
+        # torch's unsigned 64-bit range.
+        if min(self.cache_items, self.store_cache_items) < 0 or self.batch_size < 1:
+            raise ConfigError("cache_items and store_cache_items must be >= 0, batch_size >= 1")
+        if not 2 <= self.uncertainty_samples <= MAX_UNCERTAINTY_SAMPLES:
+            raise ConfigError(f"uncertainty_samples must be in 2..{MAX_UNCERTAINTY_SAMPLES}, "
+                              f"got {self.uncertainty_samples}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
 
 
 class Scorer:
@@ -48,6 +71,10 @@ class Scorer:
         self.backbone = backbone  # injected into extraction of uncached images (tests)
         self.store_path = Path(store_path)
         self.checkpoint = load_checkpoint(checkpoint_path)
+        # The recorded extractor settings, checked now (naming the checkpoint) rather than on
+        # the first uncached image; reading them needs no torch.
+        self.extract_config = extract_config_for(self.checkpoint.meta.get("extract_config", {}),
+                                                 source=f"checkpoint {checkpoint_path}")
         self.fingerprint = self.checkpoint.fingerprint
         hc = self.checkpoint.head_config
         self.head = NumpyHead(self.checkpoint.numpy_head, output=hc.output, dropout=hc.dropout)
@@ -132,6 +159,10 @@ class Scorer:
         """MC-dropout mean/std/low/high (N,) per key, in numpy. Seeded per (seed, key) (see
         NumpyHead.predict_with_uncertainty): a key gets the same numbers alone or in a batch.
         `mean` is the MC mean, not `score_keys` (dropout off); the two can differ."""
+        samples = samples or self.config.uncertainty_samples
+        if not 2 <= samples <= MAX_UNCERTAINTY_SAMPLES:
+            raise ConfigError(f"uncertainty samples must be in 2..{MAX_UNCERTAINTY_SAMPLES}, "
+                              f"got {samples}")
         unique = list(dict.fromkeys(keys))
         where = {k: i for i, k in enumerate(unique)}
         parts: list[dict[str, np.ndarray]] = []
@@ -141,7 +172,7 @@ class Scorer:
             chunk = unique[start:start + step]
             # Draws are seeded per (seed, key), so a key's interval is the same in any call.
             parts.append(self.head.predict_with_uncertainty(
-                self._vectors(chunk), samples or self.config.uncertainty_samples, seed,
+                self._vectors(chunk), samples, seed,
                 keys=chunk))
         idx = [where[k] for k in keys]
         return {name: np.concatenate([p[name] for p in parts])[idx] for name in parts[0]}
@@ -203,10 +234,12 @@ class Scorer:
 
     def score_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
                     progress: bool = False) -> np.ndarray:
-        """(N,) predicted SSIM per path, input order; NaN where the image could not be read."""
+        """(N,) predicted SSIM per path, input order; NaN where the image could not be read or
+        its prediction is not finite (each such path gets a row in `failures`)."""
         keys = self.keys_for_paths(paths, cached_only=cached_only, progress=progress)
         ok = [i for i, k in enumerate(keys) if k is not None]
         out = np.full(len(keys), np.nan, dtype=np.float32)
         if ok:
             out[ok] = self.score_keys([keys[i] for i in ok])
+        self.failures += nonfinite_failures(paths, out, ok)
         return out

@@ -178,3 +178,50 @@ def test_bench_runs_small(tmp_path):
     assert r["bulk"]["finite"] and r["bulk"]["keys"] == 300
     assert r["single_key"]["score_lru_hit"]["calls"] == 20
     assert "fresh `ssimcache score`" in format_table(r)
+
+
+def _store_with_extreme_vector(setup, tmp_path):
+    """A copy of the store plus one new image whose (finite, storable) vector of +-3e38
+    overflows the head: its prediction is NaN."""
+    import shutil
+
+    store = tmp_path / "features.h5"
+    shutil.copy(setup["store"], store)
+    make_dataset(tmp_path, n=1, seed=21)
+    img = tmp_path / "images" / "img000.png"
+    vec = np.full((1, 54), 3e38, dtype=np.float32)
+    vec[0, ::2] *= -1
+    fp = load_checkpoint(setup["ckpt"]).fingerprint
+    with FeatureStore(store, mode="a") as fs:
+        fs.namespace(fp).put_many([content_key(img)], vec)
+    return store, img
+
+
+def test_nonfinite_prediction_is_a_failure_row_with_a_reason(setup, tmp_path):
+    store, bad = _store_with_extreme_vector(setup, tmp_path)
+    good = str(setup["images"][0])
+    base = ["score", good, str(bad), "--checkpoint", str(setup["ckpt"]), "--store", str(store),
+            "--cached-only"]
+    res = _cli(*base, "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)  # strict JSON: no NaN
+    assert rows[0]["predicted_ssim"] is not None and rows[1]["predicted_ssim"] is None
+    assert f"failed {bad}: predicted SSIM is not finite" in res.stderr
+    assert "warning: 1 of 2 input(s) failed" in res.stderr and "--strict" in res.stderr
+    assert "RuntimeWarning" not in res.stderr  # overflow inside the head is not noise
+    res = _cli(*base, "--strict")
+    assert res.exit_code == 1 and "failed" in res.stdout and "Traceback" not in res.output
+    res = _cli(*base, "--uncertainty", "3", "--format", "csv")
+    assert res.exit_code == 0 and res.stdout.splitlines()[2].startswith(f"{bad},")
+    with Scorer(store, setup["ckpt"]) as sc:
+        got = sc.score_paths([good, bad], cached_only=True)
+        assert np.isnan(got[1]) and [p for p, _ in sc.failures] == [str(bad)]
+
+
+def test_strict_fails_on_unreadable_images(setup, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    good = str(setup["images"][0])
+    res = _cli("score", good, str(tmp_path / "gone.png"), "--checkpoint", str(setup["ckpt"]),
+               "--store", str(setup["store"]), "--cached-only", "--strict")
+    assert res.exit_code == 1 and "cannot read file" in res.stderr

@@ -9,10 +9,11 @@ place that imports click, prints for the user or exits; typed errors (`StoreErro
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, PipelineWarning
 from store.errors import StoreError
 
 # name -> "module:attribute"; the module is imported only when the command runs.
@@ -64,9 +65,22 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("once", PipelineWarning)  # a file loaded twice: once
+                warnings.showwarning = _warning_printer(warnings.showwarning)
+                return super().invoke(ctx)
         except (StoreError, PipelineError) as e:
             raise click.ClickException(str(e)) from e
+
+
+def _warning_printer(default):
+    """showwarning: our own warnings as one `warning: ...` line on stderr, others unchanged."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, PipelineWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,13 +4,12 @@ configs/*.json defaults."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
+from pipeline.cli.params import IMAGE_SIZE, check_weights
 from pipeline.config import default_config
 from pipeline.extract.spec import SPEC_FLAGS, ExtractConfig
 
@@ -21,14 +20,6 @@ def config_default(name: str) -> str | None:
     return str(path) if path is not None else None
 
 
-def _check_weights(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None or value == "imagenet" or re.fullmatch(r"random:\d+", value):
-        return value
-    if not Path(value).is_file():
-        raise click.BadParameter(f"{value!r} is neither 'imagenet', 'random:SEED' nor a file")
-    return value
-
-
 def _switch(field: str) -> str:
     flag = SPEC_FLAGS[field]  # "--fuse-bn" -> "--fuse-bn/--no-fuse-bn"
     return f"{flag}/--no-{flag[2:]}"
@@ -37,11 +28,11 @@ def _switch(field: str) -> str:
 # field -> (click.option kwargs), one definition per extractor flag; `default` stays None so an
 # unset flag never overrides configs/extract.json or a checkpoint's recorded settings.
 _OPTIONS: dict[str, dict[str, Any]] = {
-    "weights": dict(callback=_check_weights, help="'imagenet' (torchvision IMAGENET1K_V2 via "
-                    "$TORCH_HOME), a ResNet-50 state-dict PATH, or 'random:SEED'."),
+    "weights": dict(callback=check_weights, help="'imagenet' (torchvision IMAGENET1K_V2 via "
+                    "$TORCH_HOME), a ResNet-50 state-dict PATH, or 'random:SEED' (0..2**64-1)."),
     "precision": dict(type=click.Choice(["fp32", "bf16"]),
                       help="bf16 is fast on CPUs with AVX512-BF16/AMX; in the fingerprint."),
-    "image_size": dict(type=click.IntRange(16, 4096), help="Model input side in pixels."),
+    "image_size": dict(type=IMAGE_SIZE, help="Model input side in pixels."),
     "resize": dict(type=click.Choice(["direct", "shorter+crop"]), help="direct: squash to a "
                    "square (no crop); shorter+crop: scale the shorter side + centre crop."),
     "interpolation": dict(type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos"]),

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from pipeline.cli.options import config_default
+from pipeline.cli.params import SEED, UNCERTAINTY
 
 # With --uncertainty: the MC-dropout mean, std and 90 % interval, after predicted_ssim (which is
 # the deterministic, dropout-off prediction and may lie outside [low, high]).
@@ -23,12 +24,14 @@ def _rows(paths: list[Path], keys: list[str | None], pred: Any,
     rows = []
     for i, (p, k) in enumerate(zip(paths, keys, strict=True)):
         value = float(pred[i])
+        # A non-finite value is a failure row (its reason goes to stderr), never NaN in JSON.
+        ok = math.isfinite(value)
         row: dict[str, Any] = {"path": str(p), "key": k,
-                               "predicted_ssim": None if math.isnan(value) else value}
+                               "predicted_ssim": value if ok else None}
         if unc is not None:
             for name in UNC_COLS:
                 v = float(unc[name][i])
-                row[name] = None if math.isnan(v) else v
+                row[name] = v if ok and math.isfinite(v) else None
         rows.append(row)
     return rows
 
@@ -68,10 +71,12 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
                    "checkpoint's extractor settings).")
 @click.option("--cached-only", is_flag=True,
               help="Never extract (never imports torch): fail listing images not in the store.")
-@click.option("--uncertainty", type=click.IntRange(min=2), default=None,
-              help="Add MC-dropout mean, std and 90% interval from N stochastic passes "
-                   "(seeded per image key, so an image's numbers do not depend on the others).")
-@click.option("--seed", type=int, default=None, help="MC-dropout seed [default: 0 / config]")
+@click.option("--uncertainty", type=UNCERTAINTY, default=None,
+              help="Add MC-dropout mean, std and 90% interval from N stochastic passes, "
+                   "2..1000 (seeded per image key, so an image's numbers do not depend on the "
+                   "others).")
+@click.option("--seed", type=SEED, default=None,
+              help="MC-dropout seed, 0..2**64-1 [default: 0 / config]")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
                                       "(+ mean,std,low,high with --uncertainty).")
@@ -79,15 +84,19 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
               default=config_default("score.json"), show_default="configs/score.json",
               help="Scorer JSON config (ScoreConfig fields).")
 @click.option("--no-progress", is_flag=True, help="Hide the extraction progress bar.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 if any input failed (unreadable image, or a prediction that is not "
+                   "finite); without it, failures are rows plus a warning on stderr.")
 def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: bool,
           uncertainty: int | None, seed: int | None, fmt: str, config_path: str | None,
-          no_progress: bool) -> None:
+          no_progress: bool, strict: bool) -> None:
     """Predict SSIM-after-vectorization for IMAGES (files, folders, globs, @list.txt), one row
     per input in input order. Cached images are scored by a numpy copy of the head without
-    importing torch; images that fail to decode print as failed rows."""
+    importing torch; images that fail to decode, or whose prediction is not finite, print as
+    failed rows with the reason on stderr (exit 1 with --strict)."""
     from pipeline.config import build_config
     from pipeline.images.inputs import expand_inputs
-    from pipeline.score import ScoreConfig, Scorer
+    from pipeline.score import ScoreConfig, Scorer, nonfinite_failures
 
     cfg = build_config(ScoreConfig, config_path, {"seed": seed})
     # One row per input in input order: expand each argument on its own (folders/globs in
@@ -108,10 +117,16 @@ def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: boo
                 unc = {n: np.full(len(paths), np.nan, dtype=np.float32) for n in part}
                 for n, v in part.items():
                     unc[n][ok] = v
-        failures = scorer.failures
+        # one line per failed path, even when it was given twice
+        failures = list(dict.fromkeys(scorer.failures + nonfinite_failures(paths, pred, ok)))
     click.echo(_render(_rows(paths, keys, pred, unc), fmt, uncertainty is not None))
     for path, reason in failures:
         click.echo(f"failed {path}: {reason}", err=True)
+    if failures:
+        if strict:
+            raise SystemExit(1)
+        click.echo(f"warning: {len(failures)} of {len(paths)} input(s) failed (rows above, "
+                   "reasons on stderr); --strict makes this exit 1", err=True)
 
 
 @click.command("score")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from pipeline.cli.options import config_default, extractor_options
+from pipeline.cli.params import IMAGE_SIZE, SEED, FiniteFloat
 
 
 def _fmt(v: Any) -> str:
@@ -38,13 +39,14 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
               help="Training JSON config (TrainConfig fields).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs [default: 150 / config]")
-@click.option("--seed", type=int, default=None, help="Split/init/shuffle seed [default: 0]")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--seed", type=SEED, default=None,
+              help="Split/init/shuffle seed, 0..2**64-1 [default: 0]")
+@click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True),
               default=None, help="Share of keys in the validation split [default: 0.2]")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--test-fraction", type=FiniteFloat(0, 1, max_open=True), default=None,
               help="Share of keys held out for testing [default: 0.1]")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-              help="AdamW learning rate [default: 1e-3]")
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=None,
+              help="AdamW learning rate, finite and > 0 [default: 1e-3]")
 @extractor_options
 @click.option("--cached-only", is_flag=True,
               help="Do not extract: fail with the list of labelled images missing from the store.")
@@ -83,12 +85,12 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
     _echo_skipped(summary["skipped"])
 
 
-def _echo_skipped(skipped: list[Any]) -> None:
-    """Unreadable labelled images on stderr: the first 10, then how many more."""
+def _echo_skipped(skipped: list[Any], word: str = "skipped") -> None:
+    """(path, reason) rows on stderr: the first 10, then how many more."""
     for path, reason in skipped[:10]:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        click.echo(f"{word} {path}: {reason}", err=True)
     if len(skipped) > 10:
-        click.echo(f"... and {len(skipped) - 10} more skipped", err=True)
+        click.echo(f"... and {len(skipped) - 10} more {word}", err=True)
 
 
 @click.command("evaluate")
@@ -115,6 +117,7 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
     per family. Extractor settings default to those recorded in the checkpoint."""
     from pipeline.train.evaluate import evaluate as run_eval
     from pipeline.train.evaluate import write_reports
+    from pipeline.train.report import dumps
 
     ev = run_eval(labels, store, checkpoint, split=split, config_path=extract_config,
                   overrides={"weights": weights, "precision": precision,
@@ -123,12 +126,17 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
     to_stdout = json_out == "-"
     written = write_reports(ev, None if to_stdout else json_out, html_out)
     _echo_skipped(ev.skipped)  # stderr, so `--json -` stays the issue's JSON and nothing else
+    _echo_skipped(ev.non_finite, "left out")
+    for warning in ev.report.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if to_stdout:
-        click.echo(json.dumps(ev.report, indent=2))
+        click.echo(dumps(ev.report))  # strict JSON: a non-finite number becomes null
         return
+    left_out = f", {len(ev.non_finite)} not finite" if ev.non_finite else ""
     click.echo(f"{checkpoint} on {labels} (split {split}, fingerprint "
                f"{ev.context['fingerprint'][:12]}…); n {ev.report['n']}, "
-               f"skipped {len(ev.skipped)} unreadable, extracted {ev.context['extracted']}")
+               f"skipped {len(ev.skipped)} unreadable{left_out}, extracted "
+               f"{ev.context['extracted']}")
     click.echo(metrics_table({split: ev.report}))
     for path in written:
         click.echo(f"wrote {path}")
@@ -143,8 +151,8 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
 @click.option("--full", is_flag=True,
               help="Backbone + head (input (B,3,S,S) normalised images) instead of the head "
                    "alone (input (B,2048) features).")
-@click.option("--image-size", type=click.IntRange(min=16), default=None,
-              help="Example input size for --full [default: the checkpoint's]")
+@click.option("--image-size", type=IMAGE_SIZE, default=None,
+              help="Example input size for --full, 16..4096 [default: the checkpoint's]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(checkpoint: str, fmt: str, out: str, full: bool, image_size: int | None,
            as_json: bool) -> None:

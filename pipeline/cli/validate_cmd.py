@@ -8,6 +8,7 @@ import os
 import click
 
 from pipeline.cli.options import config_default, extractor_options
+from pipeline.cli.params import LEAK_ITERATIONS
 
 CHECK_NAMES = ("dimensions", "gradients", "memory", "performance", "stability", "robustness",
                "profile", "comparison")
@@ -58,8 +59,8 @@ def summary_table(report: dict) -> str:
                    "(unless --images), its labels the comparison (with --store).")
 @click.option("--cached-only", is_flag=True,
               help="Comparison: fail instead of extracting labelled images the store lacks.")
-@click.option("--leak-iterations", type=click.IntRange(min=20), default=None,
-              help="Repeated inferences of the leak check [default: 100 / config]")
+@click.option("--leak-iterations", type=LEAK_ITERATIONS, default=None,
+              help="Repeated inferences of the leak check, 20..10000 [default: 100 / config]")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON report here ('-' = stdout); schema: "
                    "pipeline/validate/schema.json.")

@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import PipelineError
+from pipeline.extract.spec import extract_config_for
 from pipeline.head.checkpoint import load_checkpoint
 
 TOLERANCE = 1e-5
@@ -59,13 +60,15 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
         require_onnx_modules()
     out = Path(out)
     ckpt = load_checkpoint(checkpoint)
+    saved = extract_config_for(ckpt.meta.get("extract_config", {}),
+                               source=f"checkpoint {checkpoint}")
     gen = torch.Generator().manual_seed(0)
     if full:
         from pipeline.export.model import QualityPredictionModel, SSIMOnly
 
-        model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(str(checkpoint),
+        model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(ckpt,
                                                                            backbone=backbone))
-        size = image_size or int(ckpt.meta.get("extract_config", {}).get("image_size", 224))
+        size = image_size or saved.image_size
         example = torch.randn(2, 3, size, size, generator=gen)
         check = torch.randn(3, 3, size, size, generator=gen)  # another batch size: dynamic axis
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from pipeline.errors import ConfigError
 from pipeline.extract.backbone import load_backbone
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
+
+if TYPE_CHECKING:
+    from pipeline.head.checkpoint import Checkpoint
 
 # `pretrained: True` means ImageNet weights, which cannot be downloaded on offline machines;
 # this variable maps it to another weights spec (tests and CI set it to "random:0").
@@ -60,12 +63,13 @@ class QualityPredictionModel(nn.Module):
         self.training_config = dict(config.get("training", {}))
 
     @classmethod
-    def from_checkpoint(cls, path: str, backbone: nn.Module | None = None
+    def from_checkpoint(cls, path: str | Checkpoint, backbone: nn.Module | None = None
                         ) -> QualityPredictionModel:
-        """Backbone from the weights recorded in the checkpoint, head from its tensors."""
-        from pipeline.head.checkpoint import load_checkpoint
+        """Backbone from the weights recorded in the checkpoint, head from its tensors.
+        `path` may be a Checkpoint already loaded (and checked) by `load_checkpoint`."""
+        from pipeline.head.checkpoint import Checkpoint, load_checkpoint
 
-        ckpt = load_checkpoint(path)
+        ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
         head, _ = ckpt.build_head(strict=True)
         weights = ckpt.meta.get("extract_config", {}).get("weights", "imagenet")
         return cls({"weights": weights, "feature_dim": ckpt.head_config.input_dim},

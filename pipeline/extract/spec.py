@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import ConfigError
+from pipeline.config import MAX_SEED
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.measure import cpu_count
 
+MAX_IMAGE_SIZE = 4096
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -60,6 +62,13 @@ class ExtractConfig:
             raise ConfigError(str(e)) from None
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+        # As `--image-size`: beyond 4096 px one image through ResNet-50 is gigabytes.
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"image_size {self.image_size} is above {MAX_IMAGE_SIZE}")
+        m = re.fullmatch(r"random:(\d+)", self.weights)
+        if m and int(m.group(1)) > MAX_SEED:
+            raise ConfigError(f"weights {self.weights!r} has a seed above {MAX_SEED} "
+                              "(torch.manual_seed's range)")
 
     def n_workers(self) -> int:
         return self.workers or cpu_count()
@@ -152,15 +161,25 @@ def extract_flags(cfg: ExtractConfig) -> str:
 
 
 def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
-                       overrides: dict[str, Any] | None = None) -> ExtractConfig:
+                       overrides: dict[str, Any] | None = None,
+                       source: str = "the checkpoint") -> ExtractConfig:
     """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
 
-    A user never has to repeat the extractor options; giving different ones is caught by
-    `gather(expected_fingerprint=...)`."""
+    The recorded settings are checked first on their own: a bad one is a CheckpointError
+    naming `source` (never "command line"). A user never has to repeat the extractor options;
+    giving different ones is caught by `gather(expected_fingerprint=...)`."""
     import json
 
     from pipeline.config import build_config
 
+    where = f"{source} (its extract_config)"
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where} is not an object: retrain or restore it")
+    try:
+        build_config(ExtractConfig, None, saved, overrides_source=where)
+    except ConfigError as e:
+        msg = str(e) if where in str(e) else f"{where}: {e}"
+        raise CheckpointError(f"{msg}; retrain or restore the checkpoint") from None
     merged = dict(saved)
     if config_path is not None:
         # build_config checks the file (missing, not JSON, unknown keys -> ConfigError); the

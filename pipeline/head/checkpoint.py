@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,32 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
+from pipeline.head.checks import (
+    FIX,
+    FORMAT,
+    check_description,
+    check_layout,
+    check_values,
+    dtype_name,
+    parse_meta,
+)
 from pipeline.head.config import HeadConfig
+from pipeline.head.formats import read_torch_file, sniff_format
+from pipeline.head.integrity import (
+    HEADER_KEY,
+    make_record,
+    parse_record,
+    verify_meta,
+    verify_tensors,
+)
 from pipeline.labels.definition import LABEL_DEFINITION
 
 if TYPE_CHECKING:  # torch stays out of the cached scoring path
     from pipeline.head.mlp import SSIMPredictor
 
-FORMAT = "ssimcache-head/1"
+__all__ = ["FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint", "sniff_format",
+           "versions"]
+
 
 @dataclass
 class Checkpoint:
@@ -100,7 +120,13 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
                     train_config: dict[str, Any] | None = None,
                     metrics: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder + os.replace)."""
+    """Write a checkpoint atomically (temp file in the same folder + os.replace).
+
+    What is written passes the same checks as a load (a head with NaN/Inf weights, e.g. from
+    a diverged training run, is refused here rather than at every later use); non-finite
+    numbers in the metadata (a metric of a diverged run) are written as null, as JSON has no
+    NaN.
+    """
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -121,80 +147,94 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+    meta_text = json.dumps(_json_safe(meta), allow_nan=False)
+    meta = json.loads(meta_text)
+    try:
+        config = check_description(meta, path)
+        check_layout({k: (v.shape, v.dtype.name) for k, v in tensors.items()}, config, path)
+        check_values({k[5:]: v for k, v in tensors.items() if k.startswith("head/")},
+                     {k[6:]: v for k, v in tensors.items() if k.startswith("numpy/")},
+                     config, path)
+    except CheckpointError as e:  # e.g. NaN weights from a diverged run: fail now, not later
+        raise CheckpointError(str(e).replace("checkpoint", "refusing to write checkpoint", 1)
+                              .replace(FIX, "the head is not usable (did training diverge? "
+                                            "try a lower --lr)")) from None
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": meta_text,
+                                               HEADER_KEY: make_record(tensors, meta_text)})
     return path
 
 
-def _is_pickle(head: bytes) -> bool:
-    # torch.save writes a zip archive ("PK\x03\x04"); a bare pickle starts with PROTO (0x80).
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint without torch (safetensors); a pickle goes through `_load_pickle`."""
-    from safetensors import safe_open
-
+    """Read and check a checkpoint (see pipeline.head.checks) without torch (safetensors); a
+    torch file goes through `read_torch_file` (weights-only). Any problem is a CheckpointError
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the file written by "
                               "`ssimcache train --out`")
-    with open(path, "rb") as f:
-        first = f.read(16)
-    if _is_pickle(first):
-        return _load_pickle(path)
+    try:
+        kind = sniff_format(path)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    if kind == "torch":
+        meta, config, state, numpy_head = read_torch_file(path)
+        return Checkpoint(path=path, head_config=config, state=state, numpy_head=numpy_head,
+                          meta=meta)
+    if kind != "safetensors":
+        what = "empty (0 bytes)" if kind == "empty" else "neither a safetensors nor a torch file"
+        raise CheckpointError(f"checkpoint {path} is {what}: pass the file written by "
+                              f"`ssimcache train --out`; {FIX}")
+    return _load_safetensors(path)
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
-    except Exception as e:  # safetensors raises its own error types for a bad header
+            if header.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"{path} is a safetensors file but not an ssimcache head checkpoint: its "
+                    f"format is {header.get('format')!r}, this ssimcache reads {FORMAT!r}")
+            if "meta" not in header:
+                raise CheckpointError(f"checkpoint {path} has no metadata ('meta' entry of the "
+                                      f"header); {FIX}")
+            # The digests first: an edited or damaged file is reported as such, not as
+            # whichever check its damage happens to break.
+            record = parse_record(header.get(HEADER_KEY), path)
+            if record is not None:
+                verify_meta(record, header["meta"], path)
+            meta = parse_meta(header["meta"], path)
+            config = check_description(meta, path)
+            # Names, shapes and dtypes from the header, before any tensor is read.
+            found = {}
+            for k in f.keys():  # noqa: SIM118 (safe_open API)
+                sl = f.get_slice(k)
+                found[k] = (tuple(sl.get_shape()), dtype_name(sl.get_dtype()))
+            check_layout(found, config, path)
+            arrays = {k: f.get_tensor(k) for k in found}
+    except (CheckpointError, Warning):  # ours (a warning raised under -W error included)
+        raise
+    except Exception as e:  # safetensors raises its own error types for a bad file
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e}): "
-                              "it may be truncated; retrain or restore it") from None
-    if header.get("format") != FORMAT or "meta" not in header:
-        raise CheckpointError(f"{path} is a safetensors file but not an ssimcache head "
-                              f"checkpoint (format {header.get('format')!r}, expected {FORMAT!r})")
-    meta = json.loads(header["meta"])
-    return _from_parts(path, meta,
-                       {k[5:]: v for k, v in arrays.items() if k.startswith("head/")},
-                       {k[6:]: v for k, v in arrays.items() if k.startswith("numpy/")})
-
-
-def _from_parts(path: Path, meta: dict[str, Any], state: dict[str, np.ndarray],
-                numpy_head: dict[str, np.ndarray]) -> Checkpoint:
-    for key in ("head_config", "fingerprint", "feature_spec"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint {path} lacks '{key}' in its metadata: retrain it")
-    try:
-        config = HeadConfig.from_dict(meta["head_config"])
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} has an invalid head config: {e}") from None
-    return Checkpoint(path=path, head_config=config, state=state, numpy_head=numpy_head, meta=meta)
-
-
-def _load_pickle(path: Path) -> Checkpoint:
-    """A torch.save file: weights_only=True only; anything that would run code is refused."""
-    import pickle
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "unsupported protocol" notice before the refusal
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refused to load {path}: it is a pickle that the weights-only loader rejects "
-            f"({first}); loading it fully could run arbitrary code. Use a .safetensors "
-            "checkpoint written by `ssimcache train`") from None
-    if not (isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict)
-            and isinstance(payload.get("meta"), dict)):
-        raise CheckpointError(f"{path} is a torch file but not an ssimcache checkpoint "
-                              "(expected a dict with 'state_dict' and 'meta')")
-    meta = payload["meta"]
-    state = {k: v.detach().cpu().numpy() for k, v in payload["state_dict"].items()}
-    ckpt = _from_parts(path, meta, state, {})
-    head, _ = ckpt.build_head(strict=True)
-    ckpt.numpy_head = head.fold_numpy()
-    return ckpt
+                              f"it may be truncated; {FIX}") from None
+    if record is not None:
+        verify_tensors(record, arrays, path)
+    state = {k[5:]: v for k, v in arrays.items() if k.startswith("head/")}
+    numpy_head = check_values(state, {k[6:]: v for k, v in arrays.items()
+                                      if k.startswith("numpy/")}, config, path)
+    return Checkpoint(path=path, head_config=config, state=state, numpy_head=numpy_head,
+                      meta=meta)

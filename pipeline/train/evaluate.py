@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.head.checkpoint import load_checkpoint
-from pipeline.head.numpy_head import NumpyHead
+from pipeline.head.numpy_head import NONFINITE_REASON, NumpyHead
 from pipeline.train.metrics import metrics_report
 from pipeline.train.report import write_html, write_json
 
@@ -25,6 +25,8 @@ class Evaluation:
     families: list[str | None]
     context: dict[str, Any]       # checkpoint, fingerprint, split, skipped (count), ...
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) unreadable
+    # (path, reason) of rows whose prediction is NaN/Inf: left out of the metrics and y_*
+    non_finite: list[tuple[str, str]] = field(default_factory=list)
 
 
 def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | Path, *,
@@ -33,7 +35,10 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
              progress: bool = True, backbone: Any = None) -> Evaluation:
     """Predict every labelled image (extracting missing vectors with the checkpoint's extractor
     settings) and compute the metrics; `split` keeps only rows of that train-time split.
-    Images that cannot be read are left out of the metrics and listed in `skipped`."""
+    Images that cannot be read are left out of the metrics and listed in `skipped`; rows whose
+    prediction is not finite (a cached vector that overflows the head) are left out too, listed
+    in `non_finite`, and the report says so in `warnings` (one NaN would make every metric
+    NaN, which JSON cannot even hold)."""
     from pipeline.extract.spec import extract_config_for
     from pipeline.train.features import gather
     from pipeline.train.fit import split_of
@@ -42,11 +47,12 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
     if split not in SPLITS:
         raise PipelineError(f"split must be one of {SPLITS}, got {split!r}")
     ckpt = load_checkpoint(checkpoint)
-    cfg = extract_config_for(ckpt.meta.get("extract_config", {}), config_path, overrides)
+    cfg = extract_config_for(ckpt.meta.get("extract_config", {}), config_path, overrides,
+                             source=f"checkpoint {checkpoint}")
     rows = read_labels(labels_csv)
     data = gather(rows, store_path, cfg, cached_only=cached_only, progress=progress,
                   backbone=backbone, expected_fingerprint=ckpt.fingerprint)
-    idx = np.arange(len(data.keys))
+    idx = np.arange(len(data.keys))  # (N,) rows of `data` to evaluate
     if split != "all":
         s = ckpt.meta.get("split")
         if not s:
@@ -58,14 +64,22 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
             raise PipelineError(f"no labelled rows fall in the '{split}' split")
     head = NumpyHead(ckpt.numpy_head, output=ckpt.head_config.output)
     y_pred = head(data.x[idx])
+    finite = np.isfinite(y_pred)
+    non_finite = [(str(data.rows[i].path), NONFINITE_REASON) for i in idx[~finite]]
+    idx, y_pred = idx[finite], y_pred[finite]
     y_true = data.y[idx]
     families = [data.families[i] for i in idx]
     report = metrics_report(y_true, y_pred, families)
+    if non_finite:
+        report["warnings"] = [
+            f"{len(non_finite)} of {len(finite)} predictions are not finite (NaN/Inf) and are "
+            f"left out of these metrics (first: {non_finite[0][0]}): {NONFINITE_REASON}"]
     context = {"checkpoint": str(checkpoint), "labels": str(labels_csv),
                "fingerprint": ckpt.fingerprint, "split": split,
                "weights": cfg.weights, "extracted": data.extracted,
-               "skipped": len(data.skipped)}
-    return Evaluation(report, y_true, y_pred, families, context, skipped=data.skipped)
+               "skipped": len(data.skipped), "non_finite": len(non_finite)}
+    return Evaluation(report, y_true, y_pred, families, context, skipped=data.skipped,
+                      non_finite=non_finite)
 
 
 def write_reports(ev: Evaluation, json_path: str | Path | None = None,

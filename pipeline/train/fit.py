@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.config import MAX_SEED
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
@@ -46,8 +48,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1:
             raise ConfigError("epochs >= 1, batch_size >= 2 and patience >= 1 are required")
+        # math.isfinite: NaN passes every comparison below
+        if not all(math.isfinite(v) for v in (self.lr, self.weight_decay, self.min_delta)):
+            raise ConfigError("lr, weight_decay and min_delta must be finite numbers")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("lr must be > 0 and weight_decay >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in 0..{MAX_SEED} (torch.manual_seed), got "
+                              f"{self.seed}")
+        if not 0 <= self.threads <= 1024:  # torch.set_num_threads takes a C int
+            raise ConfigError(f"threads must be in 0..1024 (0 = torch's default), got "
+                              f"{self.threads}")
+        self.head_config(1)  # hidden_dims, dropout, output: checked now, not after extraction
         if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1
                 and self.val_fraction + self.test_fraction < 1):
             raise ConfigError(f"val_fraction ({self.val_fraction}) and test_fraction "

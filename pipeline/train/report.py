@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,25 @@ from pipeline.atomic import atomic_write_text
 from pipeline.train.metrics import METRIC_KEYS
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, Inf) replaced by None: JSON has no NaN, and
+    Python's json would write the invalid literal `NaN`."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(report: dict[str, Any]) -> str:
+    """Strict JSON text of a report (non-finite numbers as null)."""
+    return json.dumps(json_safe(report), indent=2, sort_keys=False, allow_nan=False)
+
+
 def write_json(path: str | Path, report: dict[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, dumps(report) + "\n")
 
 
 def _png(fig: Any) -> str:
@@ -32,6 +50,13 @@ def _plots(y_true: np.ndarray, y_pred: np.ndarray,
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
     import matplotlib.pyplot as plt
 
+    # Only finite pairs can be drawn (matplotlib refuses NaN/Inf axis limits and bins).
+    keep = np.isfinite(y_true) & np.isfinite(y_pred)
+    y_true, y_pred = y_true[keep], y_pred[keep]
+    if families is not None:
+        families = [f for f, k in zip(families, keep, strict=True) if k]
+    if not len(y_true):  # nothing to draw: empty axes rather than a crash
+        y_true = y_pred = np.zeros(0)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     if families is not None and any(families):
         names = sorted({f or "(none)" for f in families})
@@ -43,8 +68,8 @@ def _plots(y_true: np.ndarray, y_pred: np.ndarray,
     else:
         ax.scatter(y_true, y_pred, s=8, alpha=0.6)
     # Zoom on the data (logo labels crowd near 1); the dashed line is a perfect prediction.
-    lo = float(min(y_true.min(), y_pred.min())) - 0.02
-    hi = float(max(y_true.max(), y_pred.max(), 1.0)) + 0.01
+    lo = float(min(y_true.min(initial=1.0), y_pred.min(initial=1.0))) - 0.02
+    hi = float(max(y_true.max(initial=1.0), y_pred.max(initial=1.0))) + 0.01
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
@@ -65,7 +90,7 @@ def _plots(y_true: np.ndarray, y_pred: np.ndarray,
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     return str(v) if isinstance(v, int) else f"{v:.4f}"
 
@@ -83,6 +108,8 @@ def render_html(report: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray,
         for name, m in rows)
     ctx = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
                   for k, v in (context or {}).items())
+    ctx += "".join(f"<li><b>warning</b>: {html.escape(str(w))}</li>"
+                   for w in report.get("warnings", []))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

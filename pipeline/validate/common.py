@@ -77,9 +77,11 @@ class ValidateConfig:
         unknown = sorted(set(self.checks) - set(ALL_CHECKS))
         if unknown:
             raise ValueError(f"unknown check(s) {unknown}; known: {list(ALL_CHECKS)}")
-        if self.leak_iterations < 20:
-            raise ValueError("leak_iterations must be >= 20 (the leak estimate compares "
-                             "the first and last 10 runs)")
+        if not 20 <= self.leak_iterations <= 10_000:  # as --leak-iterations (cli/params.py)
+            raise ValueError("leak_iterations must be in 20..10000 (the leak estimate compares "
+                             "the first and last 10 runs; each is one inference)")
+        if not 0 <= self.seed <= 2**64 - 1:  # torch.manual_seed's range
+            raise ValueError(f"seed must be in 0..{2**64 - 1}, got {self.seed}")
         if min(self.batch_sizes + self.memory_batch_sizes + self.latency_batch_sizes) < 1:
             raise ValueError("batch sizes must be >= 1")
         if not self.compare_heads or any(not h for h in self.compare_heads):

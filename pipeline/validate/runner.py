@@ -111,7 +111,8 @@ def load_model(checkpoint: str | None, extract_config: str | None = None,
         from pipeline.head.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
-        ecfg = extract_config_for(ckpt.meta.get("extract_config", {}), extract_config, overrides)
+        ecfg = extract_config_for(ckpt.meta.get("extract_config", {}), extract_config, overrides,
+                                  source=f"checkpoint {checkpoint}")
         head, _ = ckpt.build_head(strict=True)
         model = QualityPredictionModel({"weights": ecfg.weights,
                                         "feature_dim": ckpt.head_config.input_dim},

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, PipelineWarning
 from pipeline.head.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
@@ -121,7 +121,8 @@ def test_weights_only_torch_checkpoint_loads(tmp_path):
                                   "fingerprint": FP, "feature_spec": SPEC}))
     path = tmp_path / "ok.pt"
     torch.save({"state_dict": head.state_dict(), "meta": meta}, path)
-    ckpt = load_checkpoint(path)
+    with pytest.warns(PipelineWarning, match="no integrity digests"):
+        ckpt = load_checkpoint(path)
     x = torch.rand(4, 64)
     rebuilt, _ = ckpt.build_head()
     assert torch.equal(rebuilt(x), head(x))
@@ -154,3 +155,46 @@ def test_reading_needs_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.split()
     assert out == ["(2,)", "False"]
+
+
+def _with_header_length(src: Path, dst: Path, low_byte: int) -> int:
+    """Copy a safetensors file, padding its JSON header with spaces (allowed by the format)
+    so that the 8-byte little-endian header length ends in `low_byte`; returns that length."""
+    data = src.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = data[8:8 + n].rstrip(b" ")
+    length = len(header) + (low_byte - len(header)) % 256
+    dst.write_bytes(length.to_bytes(8, "little") + header.ljust(length, b" ") + data[8 + n:])
+    return length
+
+
+def test_every_header_length_loads(tmp_path):
+    """B1: a header length whose low byte is 0x80 (1 in 32 files, the length is 8-aligned) is
+    a length, not a pickle PROTO opcode."""
+    head = _head()
+    src = _save(tmp_path, head)
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    want = NumpyHead(load_checkpoint(src).numpy_head)(x)
+    for low in range(256):
+        dst = tmp_path / f"h{low}.safetensors"
+        assert _with_header_length(src, dst, low) % 256 == low
+        ckpt = load_checkpoint(dst)
+        assert np.array_equal(NumpyHead(ckpt.numpy_head)(x), want), low
+        dst.unlink()
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_torch_files_still_go_weights_only(tmp_path, zipped, monkeypatch):
+    head = _head()
+    meta = {"head_config": json.loads(CFG.to_json()), "fingerprint": FP, "feature_spec": SPEC}
+    path = tmp_path / "ok.pt"
+    torch.save({"state_dict": head.state_dict(), "meta": meta}, path,
+               _use_new_zipfile_serialization=zipped)
+    assert path.read_bytes()[:4] == b"PK\x03\x04" if zipped else path.read_bytes()[:1] == b"\x80"
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or real(*a, **k))
+    with pytest.warns(PipelineWarning, match="a torch file"):
+        ckpt = load_checkpoint(path)
+    assert seen and all(k.get("weights_only") is True for k in seen)
+    assert ckpt.head_config == CFG

@@ -147,3 +147,62 @@ def test_cached_only_names_both_fingerprints_and_the_extract_flags(setup, tmp_pa
     assert load_checkpoint(setup["ckpt"]).fingerprint in out and "e" * 64 in out
     assert f"ssimcache extract --store {other} --weights random:0 --precision fp32 " \
            "--image-size 32" in out
+
+
+def _no_nan(text: str):
+    """Parse strict JSON: NaN / Infinity literals are an error."""
+    def refuse(name):
+        raise ValueError(f"invalid JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nonfinite_predictions_never_reach_the_json_and_html(setup, tmp_path):
+    """A labelled image whose cached vector overflows the head (prediction NaN): left out of
+    the metrics and said so; --json stays valid JSON (no NaN), --html is written."""
+    import shutil
+
+    from store.hdf5 import FeatureStore
+
+    store = tmp_path / "features.h5"
+    shutil.copy(setup["store"], store)
+    csv = tmp_path / "labels.csv"
+    images = setup["csv"].parent / "images"
+    make_dataset(tmp_path / "x", n=1, seed=31)
+    bad = tmp_path / "x" / "images" / "img000.png"
+    rows = [*sorted(images.glob("*.png"))[:6], bad]
+    csv.write_text("path,ssim,family\n" + "".join(f"{p},0.5,fam\n" for p in rows))
+    vec = np.full((1, 54), 3e38, dtype=np.float32)
+    vec[0, ::2] *= -1
+    with FeatureStore(store, mode="a") as fs:
+        fs.namespace(load_checkpoint(setup["ckpt"]).fingerprint).put_many([content_key(bad)],
+                                                                          vec)
+    out_html = tmp_path / "r.html"
+    res = CliRunner().invoke(cli, ["evaluate", "--labels", str(csv), "--store", str(store),
+                                   "--checkpoint", str(setup["ckpt"]), "--cached-only",
+                                   "--no-progress", "--json", "-", "--html", str(out_html)])
+    assert res.exit_code == 0, res.output
+    report = _no_nan(res.stdout)
+    assert report["n"] == 6 and report["mae"] is not None
+    assert report["per_family"]["fam"]["n"] == 6
+    assert any("1 of 7" in w and "not finite" in w for w in report["warnings"])
+    assert str(bad) in res.stderr and "RuntimeWarning" not in res.stderr
+    assert out_html.is_file() and "not finite" in out_html.read_text()
+    res = CliRunner().invoke(cli, ["evaluate", "--labels", str(csv), "--store", str(store),
+                                   "--checkpoint", str(setup["ckpt"]), "--cached-only",
+                                   "--no-progress", "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0 and "1 not finite" in res.stdout
+    assert _no_nan((tmp_path / "m.json").read_text())["n"] == 6
+
+
+def test_reports_write_null_for_nonfinite_metrics_and_plot_only_finite_points(tmp_path):
+    from pipeline.train.evaluate import Evaluation
+
+    y_true = np.array([0.9, 0.8, 0.7], np.float32)
+    y_pred = np.array([0.85, np.nan, np.inf], np.float32)
+    report = {"n": 3, "mae": float("nan"), "rmse": float("inf"), "plcc": None, "srcc": 0.5,
+              "r2": None, "within_0.05": 0.3, "within_0.1": 0.3, "per_family": {}}
+    ev = Evaluation(report, y_true, y_pred, [None] * 3, {"checkpoint": "c"})
+    written = write_reports(ev, tmp_path / "m.json", tmp_path / "r.html")
+    data = _no_nan(written[0].read_text())
+    assert data["mae"] is None and data["rmse"] is None and data["srcc"] == 0.5
+    assert "<img" in written[1].read_text()
