@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.errors import LabelsError
@@ -31,7 +32,8 @@ class LabelRow:
 def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow]:
     """Parse `csv_path`. Raises LabelsError for a missing file or column, an empty table, a
     value that is not a plain number or lies outside [-1, 1], text that is not UTF-8, or (with
-    `check_files`) an image that is missing or not a regular file.
+    `check_files`) an image that is missing or not a regular file. A path listed twice with
+    the same label is one row; with different labels both rows stay (see `merge_duplicates`).
     """
     csv_path = Path(csv_path)
     if not os.path.lexists(csv_path):
@@ -55,6 +57,7 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
     i_family = names.index("family") if "family" in names else None
     i_bytes = names.index("svg_bytes") if "svg_bytes" in names else None
     rows: list[LabelRow] = []
+    seen: dict[tuple[str, float], int] = {}  # (path, ssim) -> line, for exact repeats
     for line, cells in records:
         if not cells or all(not c.strip() for c in cells):
             continue
@@ -67,6 +70,10 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
         value = _ssim(cells[i_ssim], name, line)
         rel = _path_cell(cells[i_path], base, check_files, labels, line)
         path = base / rel
+        same = (os.path.normpath(rel), value)
+        if same in seen:  # the same image with the same label: one row, nothing to say
+            continue
+        seen[same] = line
         family = cells[i_family].strip() or None if i_family is not None else None
         svg_bytes = _svg_bytes(cells[i_bytes], name, line) if i_bytes is not None else None
         rows.append(LabelRow(path=path, ssim=value, family=family, line=line,
@@ -118,3 +125,42 @@ def _svg_bytes(cell: str, name: str, line: int) -> int | None:
         raise LabelsError(f"{name}:{line}: svg_bytes value {raw!r} is not a positive "
                           "integer; fix or empty the cell")
     return int(raw)
+
+
+class DuplicateLabelWarning(UserWarning):
+    """An image labelled twice with different values (shown by Python when no callback is
+    given to `pipeline.train.features.gather`)."""
+
+
+def merge_duplicates(rows: Sequence[LabelRow], keys: Sequence[str], strict: bool = False
+                     ) -> tuple[list[LabelRow], list[str], list[str]]:
+    """Apply the duplicate rule to `rows` and their content keys (aligned).
+
+    Rows whose images have identical bytes (the same path twice, or two copies) but different
+    labels are one image labelled twice: they become one row (the first, at the mean label)
+    and a warning names every line. With `strict`, LabelsError naming the lines instead.
+    Copies with equal labels stay as they are. Returns (rows, keys, warnings).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    out_rows, out_keys, warnings, conflicts = [], [], [], []
+    for i, (row, key) in enumerate(zip(rows, keys, strict=True)):
+        group = groups[key]
+        if len({rows[j].ssim for j in group}) == 1:
+            out_rows.append(row)
+            out_keys.append(key)
+        elif i == group[0]:
+            mean = sum(rows[j].ssim for j in group) / len(group)
+            listed = "; ".join(f"line {rows[j].line} {display_path(rows[j].path)} "
+                               f"ssim {rows[j].ssim:g}" for j in group)
+            conflicts.append(f"the labels CSV gives identical images different labels "
+                             f"({listed})")
+            warnings.append(f"{conflicts[-1]}: using their mean {mean:.6f} "
+                            "(--strict refuses instead)")
+            out_rows.append(replace(row, ssim=mean))
+            out_keys.append(key)
+    if strict and conflicts:
+        raise LabelsError("; ".join(conflicts) + ": fix the labels CSV (or drop --strict to "
+                          "use the mean of each)")
+    return out_rows, out_keys, warnings

@@ -1,13 +1,14 @@
-"""Tests for pipeline.train.labels_csv: hostile CSV files are LabelsErrors, not crashes."""
+"""Tests for pipeline.train.labels_csv: hostile CSV files are LabelsErrors; the duplicate rule."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from pipeline.errors import LabelsError
-from pipeline.train.labels_csv import read_labels
+from pipeline.train.labels_csv import LabelRow, merge_duplicates, read_labels
 
 HUGE = "a" * 140_000  # over the csv module's 131,072-character field limit
 
@@ -86,3 +87,64 @@ def test_labels_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "labels.csv")
     with pytest.raises(LabelsError, match="is a FIFO"):
         read_labels(tmp_path / "labels.csv")
+
+
+# -- duplicates ------------------------------------------------------------------------------
+
+def test_same_path_same_label_twice_is_one_row(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,ssim\na.png,0.5\n./a.png,0.50\nb.png,0.5\n")
+    rows = read_labels(tmp_path / "labels.csv", check_files=False)
+    assert [(r.path.name, r.line) for r in rows] == [("a.png", 2), ("b.png", 4)]
+
+
+def _row(name: str, ssim: float, line: int) -> LabelRow:
+    return LabelRow(path=Path(name), ssim=ssim, family=None, line=line)
+
+
+DUPS = [
+    # (id, rows, keys, expected (name, ssim) rows, warned lines)
+    ("same-path-two-labels", [_row("a.png", 0.5, 2), _row("a.png", 0.7, 5)], ["k", "k"],
+     [("a.png", 0.6)], [2, 5]),
+    ("two-copies-two-labels", [_row("a.png", 0.2, 2), _row("b.png", 0.4, 3),
+                               _row("c.png", 0.9, 4)], ["k", "k", "z"],
+     [("a.png", 0.3), ("c.png", 0.9)], [2, 3]),
+    ("two-copies-one-label", [_row("a.png", 0.2, 2), _row("b.png", 0.2, 3)], ["k", "k"],
+     [("a.png", 0.2), ("b.png", 0.2)], []),
+    ("no-duplicates", [_row("a.png", 0.2, 2), _row("b.png", 0.4, 3)], ["k", "z"],
+     [("a.png", 0.2), ("b.png", 0.4)], []),
+]
+
+
+@pytest.mark.parametrize("rows, keys, expected, lines", [d[1:] for d in DUPS],
+                         ids=[d[0] for d in DUPS])
+def test_duplicate_rule_mean_and_warning_or_strict_refusal(rows, keys, expected, lines):
+    got, got_keys, warnings = merge_duplicates(rows, keys)
+    assert [(r.path.name, pytest.approx(r.ssim)) for r in got] == expected
+    assert len(got_keys) == len(got)
+    if not lines:
+        assert warnings == []
+        assert merge_duplicates(rows, keys, strict=True)[0] == got
+        return
+    assert len(warnings) == 1 and "using their mean" in warnings[0]
+    assert all(f"line {n} " in warnings[0] for n in lines)
+    with pytest.raises(LabelsError, match="different labels") as err:
+        merge_duplicates(rows, keys, strict=True)
+    assert all(f"line {n} " in str(err.value) for n in lines)
+
+
+def test_gather_applies_the_rule_and_reports_through_the_callback(tmp_path):
+    from pipeline.train.features import gather
+    from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset
+
+    csv = make_dataset(tmp_path, n=4)
+    with open(csv, "a") as f:
+        f.write("images/img001.png,0.125,flat\n")  # img001 again, another label
+    rows = read_labels(csv)
+    said: list[str] = []
+    data = gather(rows, tmp_path / "f.h5", extract_cfg(), progress=False,
+                  backbone=TinyBackbone(), on_warning=said.append)
+    assert len(data.rows) == 4 and data.warnings == said and "line 3 " in said[0]
+    assert data.y[1] == pytest.approx((rows[1].ssim + 0.125) / 2)
+    with pytest.raises(LabelsError, match="line 6 "):
+        gather(rows, tmp_path / "f.h5", extract_cfg(), progress=False,
+               backbone=TinyBackbone(), strict=True)
