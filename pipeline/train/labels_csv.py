@@ -108,11 +108,12 @@ def _path_cell(cell: str, base: Path, check_files: bool, labels: LabelsFile, lin
     except UnreadableInput as e:
         if has_foreign_bytes(rel):  # not a name `label` wrote: the CSV is in another encoding
             raise labels.not_utf8(line, "the path") from None
-        where = f"image {display_path(rel)} (looked for {display_path(base / rel)})"
+        shown, looked = display_path(rel), display_path(base / rel)
         if e.reason == "file not found":
-            raise LabelsError(f"{labels.name}:{line}: {where} does not exist; paths are "
-                              "relative to the CSV's folder") from None
-        raise LabelsError(f"{labels.name}:{line}: {where}: {e.reason}") from None
+            raise LabelsError(f"{labels.name}:{line}: image {shown} does not exist (looked for "
+                              f"{looked}); paths are relative to the CSV's folder") from None
+        raise LabelsError(f"{labels.name}:{line}: image {shown} (looked for {looked}): "
+                          f"{e.reason}") from None
     return rel
 
 
