@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+# Text files hold paths as the file system's bytes: UTF-8, and a name that is not UTF-8 keeps
+# its own bytes (Python carries them as surrogate escapes), so a name read back from a report or
+# a labels CSV (with the same errors=) opens the same file.
+ENCODING = "utf-8"
+PATH_ERRORS = "surrogateescape"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in `path`'s folder to write to. When the block succeeds the temp file
+    """Yield a temp path in `path`'s folder to write to (missing folders are created: every
+    output of every command follows that one rule). When the block succeeds the temp file
     replaces `path` (mode 0644: mkstemp's 0600 would hide reports and checkpoints from other
     users); when it raises, the temp file is removed and `path` is untouched."""
     path = Path(path)
@@ -28,17 +36,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` atomically."""
+    """Write `text` (UTF-8, names keep their bytes) to `path` atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding=ENCODING, errors=PATH_ERRORS)
+    return Path(path)
+
+
+def csv_line(values: Iterable[object]) -> str:
+    """One CSV record ending in "\n" whose every field reads back whole. The csv module quotes
+    a field for the characters of its line terminator only, so with "\n" a bare "\r" in a file
+    name went out unquoted and split the row on reading; the record is written with "\r\n"
+    (CR and LF both quoted) and its terminator swapped back."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(values)
+    return buf.getvalue()[:-2] + "\n"
+
+
+def write_csv(path: str | os.PathLike, header: Iterable[str],
+              rows: Iterable[Iterable[object]]) -> Path:
+    """A CSV file written atomically: `header`, then `rows`, each through `csv_line`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding=ENCODING,
+                                        errors=PATH_ERRORS) as f:
+        f.write(csv_line(header))
+        for row in rows:
+            f.write(csv_line(row))
     return Path(path)
 
 
 def write_failure_report(path: str | os.PathLike,
                          failures: Iterable[tuple[object, str]]) -> Path:
-    """The failure report of a batch command: CSV `path,reason`, one row per failed input."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("path", "reason"))
-        writer.writerows((str(p), reason) for p, reason in failures)
-    return Path(path)
+    """The failure report of a batch command: CSV `path,reason`, one row per failed input;
+    paths exactly as given (any character, any bytes), read back with `errors=PATH_ERRORS`."""
+    return write_csv(path, ("path", "reason"),
+                     ((os.fsdecode(p) if isinstance(p, (bytes, os.PathLike)) else str(p), reason)
+                      for p, reason in failures))

@@ -19,9 +19,9 @@ from pipeline.errors import CheckpointError, ConfigError, PipelineError
 from pipeline.extract.spec import extract_config_for
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.head.numpy_head import NONFINITE_REASON, NumpyHead
+from pipeline.images.inputs import UnreadableInput, display_path, hash_file
 from store.errors import StoreKeyError, StoreNotFoundError
 from store.hdf5 import FeatureStore
-from store.keys import content_key
 from store.lru import LRUCache
 
 
@@ -188,10 +188,11 @@ class Scorer:
         hashed: dict[str, str | None] = {}  # a path given twice is hashed (and reported) once
         for p in dict.fromkeys(str(p) for p in paths):
             try:
-                hashed[p] = content_key(p)
-            except OSError as e:  # unreadable file: a failed row, not a crash
+                # Opened as the decoder opens it: a FIFO or /dev/zero is a row, not a hang.
+                hashed[p] = hash_file(p)
+            except UnreadableInput as e:
                 hashed[p] = None
-                self.failures.append((p, f"cannot read file: {e.strerror or e}"))
+                self.failures.append((p, e.reason))
         keys = [hashed[str(p)] for p in paths]
         known = [k for k in dict.fromkeys(keys) if k is not None]
         absent = set(self._ns.missing(known) if self._ns is not None else known)
@@ -200,8 +201,8 @@ class Scorer:
         if not todo:
             return keys
         if cached_only:
-            shown = ", ".join(todo[:10]) + (f" ... and {len(todo) - 10} more"
-                                            if len(todo) > 10 else "")
+            shown = ", ".join(map(display_path, todo[:10])) + (
+                f" ... and {len(todo) - 10} more" if len(todo) > 10 else "")
             held = self._fs.fingerprints() if self._fs is not None else []
             raise PipelineError(
                 f"{len(todo)} image(s) are not in store {self.store_path} under the checkpoint's "

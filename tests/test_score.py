@@ -224,4 +224,4 @@ def test_strict_fails_on_unreadable_images(setup, tmp_path):
     good = str(setup["images"][0])
     res = _cli("score", good, str(tmp_path / "gone.png"), "--checkpoint", str(setup["ckpt"]),
                "--store", str(setup["store"]), "--cached-only", "--strict")
-    assert res.exit_code == 1 and "cannot read file" in res.stderr
+    assert res.exit_code == 1 and "file not found" in res.stderr

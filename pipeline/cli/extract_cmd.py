@@ -13,7 +13,7 @@ from pipeline.cli.options import config_default, spec_options
 @click.command("extract")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False),
-              help="HDF5 feature store (created if absent).")
+              help="HDF5 feature store (created if absent, missing folders too).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               default=config_default("extract.json"),
               show_default="configs/extract.json of this checkout if present, else built-in",
@@ -28,7 +28,8 @@ from pipeline.cli.options import config_default, spec_options
 @click.option("--max-pixels", type=click.IntRange(1), show_default="64000000",
               help="Larger images fail (decompression-bomb guard).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write failures to this CSV (path,reason).")
+              help="Write failures to this CSV (path,reason; missing folders are created; "
+                   "names keep their exact characters and bytes).")
 @click.option("--strict", is_flag=True, help="Exit 1 if any input failed.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object instead of the summary line.")
@@ -51,17 +52,21 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     from pipeline.config import build_config
     from pipeline.extract.runner import extract as run_extract
     from pipeline.extract.spec import ExtractConfig
-    from pipeline.images.inputs import IMAGE_SUFFIXES, expand_inputs
+    from pipeline.images.inputs import IMAGE_SUFFIXES, display_path, expand_inputs
 
     cfg = build_config(ExtractConfig, config_path, {**flags, "compile": compile_})
     if scheduler and backend == "local":
         raise click.BadParameter("needs --backend dask or ray", param_hint="--scheduler")
     paths = expand_inputs(images)
     if not paths:  # e.g. a folder of .svg files: say so instead of a silent "seen 0"
-        click.echo(f"warning: no images found in {' '.join(images)} (looked for "
+        shown = " ".join(map(display_path, images))
+        click.echo(f"warning: no images found in {shown} (looked for "
                    f"{', '.join(sorted(IMAGE_SUFFIXES))})", err=True)
         if strict:
             raise click.ClickException("no images found and --strict is set")
+    # One rule for every output: missing folders are created (here the store's, since the
+    # store refuses a missing folder and `extract --store new/f.h5` is a natural first command).
+    Path(store_path).parent.mkdir(parents=True, exist_ok=True)
     if backend == "local":
         report = run_extract(paths, store_path, cfg, progress=not no_progress)
     else:  # pipeline/cluster.py: shards to workers, results back, this process writes
@@ -72,8 +77,8 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     if report_path is not None:
         write_failure_report(report_path, report.failures)
     elif report.failures:
-        for path, reason in report.failures[:10]:
-            click.echo(f"failed: {path}: {reason}", err=True)
+        for path, reason in report.failures[:10]:  # escaped: a name may hold \r or odd bytes
+            click.echo(f"failed: {display_path(path)}: {display_path(reason)}", err=True)
         more = len(report.failures) - 10
         click.echo(f"... and {more} more" if more > 0 else "(use --report FILE for a CSV)",
                    err=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -36,18 +34,22 @@ def _rows(paths: list[Path], keys: list[str | None], pred: Any,
     return rows
 
 
-def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
+def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str | bytes:
+    """The output: JSON text (ASCII; a name that is not UTF-8 carries surrogate escapes, which
+    os.fsencode turns back into its bytes), CSV bytes (UTF-8, such names as their own bytes,
+    any character quoted), or a table for the terminal (odd characters escaped)."""
+    from pipeline.atomic import ENCODING, PATH_ERRORS, csv_line
+    from pipeline.images.inputs import display_path
+
     cols = ["path", "key", "predicted_ssim"] + (list(UNC_COLS) if uncertainty else [])
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        for r in rows:
-            w.writerow(["" if r[c] is None else (f"{r[c]:.6f}" if isinstance(r[c], float)
-                                                 else r[c]) for c in cols])
-        return buf.getvalue().rstrip("\n")
+        lines = [csv_line(cols)] + [
+            csv_line(["" if r[c] is None else (f"{r[c]:.6f}" if isinstance(r[c], float)
+                                               else r[c]) for c in cols]) for r in rows]
+        return "".join(lines).rstrip("\n").encode(ENCODING, PATH_ERRORS)
+    rows = [{**r, "path": display_path(r["path"])} for r in rows]
     width = max([len("path"), *(len(r["path"]) for r in rows)])
     head = f"{'path':<{width}}  {'predicted_ssim':>14}" + (
         f"  {'mc_mean':>8}  {'std':>8}  {'90% interval':>17}" if uncertainty else "")
@@ -68,7 +70,7 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
               help="Checkpoint written by `ssimcache train`.")
 @click.option("--store", type=click.Path(dir_okay=False), required=True,
               help="Feature store; uncached images are extracted into it (with the "
-                   "checkpoint's extractor settings).")
+                   "checkpoint's extractor settings; missing folders are created).")
 @click.option("--cached-only", is_flag=True,
               help="Never extract (never imports torch): fail listing images not in the store.")
 @click.option("--uncertainty", type=UNCERTAINTY, default=None,
@@ -79,7 +81,9 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str:
               help="MC-dropout seed, 0..2**64-1 [default: 0 / config]")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
-                                      "(+ mean,std,low,high with --uncertainty).")
+                                      "(+ mean,std,low,high with --uncertainty). csv keeps each "
+                                      "name's bytes; the table escapes control characters and "
+                                      "bytes that are not UTF-8 (\\r, \\xff).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               default=config_default("score.json"), show_default="configs/score.json",
               help="Scorer JSON config (ScoreConfig fields).")
@@ -95,13 +99,15 @@ def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: boo
     importing torch; images that fail to decode, or whose prediction is not finite, print as
     failed rows with the reason on stderr (exit 1 with --strict)."""
     from pipeline.config import build_config
-    from pipeline.images.inputs import expand_inputs
+    from pipeline.images.inputs import display_path, expand_inputs
     from pipeline.score import ScoreConfig, Scorer, nonfinite_failures
 
     cfg = build_config(ScoreConfig, config_path, {"seed": seed})
     # One row per input in input order: expand each argument on its own (folders/globs in
     # place) so a repeated argument keeps its rows; hashing and extraction de-duplicate.
     paths = [p for item in images for p in expand_inputs([item])]
+    if not cached_only:  # uncached images are extracted into it: missing folders are created
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
     with Scorer(store, checkpoint, cfg) as scorer:
         keys = scorer.keys_for_paths(paths, cached_only=cached_only, progress=not no_progress)
         ok = [i for i, k in enumerate(keys) if k is not None]
@@ -121,7 +127,7 @@ def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: boo
         failures = list(dict.fromkeys(scorer.failures + nonfinite_failures(paths, pred, ok)))
     click.echo(_render(_rows(paths, keys, pred, unc), fmt, uncertainty is not None))
     for path, reason in failures:
-        click.echo(f"failed {path}: {reason}", err=True)
+        click.echo(f"failed {display_path(path)}: {display_path(reason)}", err=True)
     if failures:
         if strict:
             raise SystemExit(1)

@@ -16,8 +16,9 @@ from torch import nn
 from pipeline.errors import ImageError
 from pipeline.extract.spec import ExtractConfig, feature_spec
 from pipeline.extract.worker import BatchResult, ExtractWorker, failure_reason
+from pipeline.images.inputs import UnreadableInput, hash_file
 from store.hdf5 import FeatureStore
-from store.keys import content_key, fingerprint
+from store.keys import fingerprint
 
 __all__ = ["ExtractConfig", "ExtractReport", "ExtractWorker", "BatchResult", "Runner", "WorkPlan",
            "build_report", "extract", "feature_spec", "hash_inputs", "plan_work"]
@@ -64,15 +65,11 @@ def hash_inputs(paths: Sequence[Path], workers: int, bar: Any = None
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="hash") as pool:
         for i in range(0, len(paths), chunk):
             part = paths[i:i + chunk]
-            for p, fut in zip(part, [pool.submit(content_key, p) for p in part], strict=True):
+            for p, fut in zip(part, [pool.submit(hash_file, p) for p in part], strict=True):
                 try:
                     keys[str(p)] = fut.result()
-                except FileNotFoundError:
-                    failures[str(p)] = "file not found"
-                except IsADirectoryError:
-                    failures[str(p)] = "is a directory"
-                except OSError as e:
-                    failures[str(p)] = f"cannot read ({e.strerror or e})"
+                except UnreadableInput as e:  # missing, FIFO, device, directory, too big...
+                    failures[str(p)] = e.reason
             if bar is not None:
                 bar.update(len(part))
     return keys, failures

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.train.labels_csv import LabelRow
+from pipeline.train.labels_csv import DuplicateLabelWarning, LabelRow, merge_duplicates
 from store.errors import StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.keys import content_key
@@ -28,6 +28,7 @@ class LabelledSet:
     fingerprint: str
     extracted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. an image labelled twice
 
 
 def _show(paths: Sequence[Any], limit: int = 10) -> str:
@@ -67,11 +68,15 @@ def read_vectors(store_path: str | Path, fp: str, keys: Sequence[str]) -> np.nda
 
 def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *,
            cached_only: bool = False, progress: bool = True, backbone: Any = None,
-           expected_fingerprint: str | None = None) -> LabelledSet:
+           expected_fingerprint: str | None = None, strict: bool = False,
+           on_warning: Callable[[str], None] | None = None) -> LabelledSet:
     """Vectors for `rows` under `extract_cfg`'s namespace. Missing images are extracted into the
     store first (torch), or with `cached_only` listed in a PipelineError. Images that fail to
     decode are skipped and listed in `skipped` (path, reason), never a crash.
-    `expected_fingerprint` (a checkpoint's) is checked before any work."""
+    `expected_fingerprint` (a checkpoint's) is checked before any work. Identical images with
+    different labels become one row at their mean label, with a warning passed to
+    `on_warning` (default: a DuplicateLabelWarning) and kept in `warnings`; `strict` makes
+    them a LabelsError naming the lines."""
     from pipeline.extract.runner import extract
     from pipeline.extract.spec import extract_flags, feature_spec
     from store.keys import fingerprint
@@ -85,6 +90,14 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
             f"but the extractor settings given select fingerprint {fp}: drop --weights/"
             "--precision/--image-size/--config to use the checkpoint's own settings")
     keys = [content_key(r.path) for r in rows]
+    rows, keys, notes = merge_duplicates(rows, keys, strict=strict)
+    for note in notes:
+        if on_warning is None:
+            import warnings
+
+            warnings.warn(note, DuplicateLabelWarning, stacklevel=2)
+        else:
+            on_warning(note)
     absent = set(missing_keys(store_path, fp, keys))
     todo = [r.path for r, k in zip(rows, keys, strict=True) if k in absent]
     extracted = 0
@@ -112,4 +125,4 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
     return LabelledSet(rows=kept_rows, keys=kept_keys, x=x,
                        y=np.array([r.ssim for r in kept_rows], dtype=np.float32),
                        families=[r.family for r in kept_rows], fingerprint=fp,
-                       extracted=extracted, skipped=skipped)
+                       extracted=extracted, skipped=skipped, warnings=notes)

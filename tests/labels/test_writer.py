@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,10 @@ import pytest
 from pipeline.atomic import write_failure_report as write_report
 from pipeline.errors import LabelsError
 from pipeline.labels.definition import Label
-from pipeline.labels.writer import LabelWriter, append_labels, existing_paths
+from pipeline.labels.writer import LabelWriter, append_labels, existing_paths, labels_lock
 from pipeline.train.labels_csv import read_labels
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_append_labels_header_once_relative_paths(tmp_path):
@@ -98,3 +103,51 @@ def test_bad_svg_bytes_cell_names_the_line(tmp_path, cell):
     out.write_text(f"path,ssim,svg_bytes\nx.png,0.9,10\ny.png,0.8,{cell}\n")
     with pytest.raises(LabelsError, match=r"labels\.csv:3: svg_bytes"):
         read_labels(out, check_files=False)
+
+
+ODD = ["cr\rname.png", "nl\nname.png", "a, b.png", 'q"uote.png', " lead.png",
+       os.fsdecode(b"\xff\xfe.png")]
+
+
+def test_odd_names_round_trip_through_the_labels_csv(tmp_path):
+    """Written by the writer, read back by `existing_paths` (a rerun appends nothing) and by
+    `read_labels` (each row names its existing file, bytes and all)."""
+    for name in ODD:
+        (tmp_path / name).write_bytes(b"x")
+    out = tmp_path / "labels.csv"
+    append_labels(out, [(tmp_path / n, Label(0.5, 10)) for n in ODD], "f")
+    assert existing_paths(out) >= set(ODD)
+    rows = read_labels(out)  # checks that every file exists
+    assert [r.path for r in rows] == [tmp_path / n for n in ODD]
+    assert b"\xff\xfe.png" in out.read_bytes()  # the name's own bytes, not an escape
+
+
+def test_out_that_is_not_a_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "labels.csv")  # appending to it would block forever
+    with pytest.raises(LabelsError, match="is a FIFO"):
+        append_labels(tmp_path / "labels.csv", [(tmp_path / "a.png", Label(0.5, 1))], "f")
+
+
+def test_a_second_label_run_on_one_csv_fails_naming_the_first(tmp_path):
+    """Two processes: this one holds the lock as a running `label` does; the CLI's run fails
+    at once, naming this pid, and appends nothing."""
+    out = tmp_path / "new" / "labels.csv"
+    (tmp_path / "a.png").write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "pipeline", "label", str(tmp_path / "a.png"), "--out", str(out),
+           "--workers", "1", "--no-progress"]
+    with labels_lock(out):
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1, res.stderr
+        assert f"being written by another `ssimcache label` run (pid {os.getpid()}" in res.stderr
+        assert not out.exists()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "1 failed" in res.stdout, res.stderr  # the lock is free again
+
+
+def test_lock_is_released_when_the_run_raises(tmp_path):
+    out = tmp_path / "labels.csv"
+    with pytest.raises(RuntimeError), labels_lock(out):
+        raise RuntimeError("interrupted")
+    with labels_lock(out):
+        pass
