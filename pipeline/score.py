@@ -20,7 +20,7 @@ from pipeline.extract.spec import extract_config_for
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.head.numpy_head import NONFINITE_REASON, NumpyHead
 from pipeline.images.inputs import UnreadableInput, display_path, hash_file
-from store.errors import StoreKeyError, StoreNotFoundError
+from store.errors import StoreNotFoundError
 from store.hdf5 import FeatureStore
 from store.lru import LRUCache
 
@@ -74,14 +74,16 @@ class Scorer:
         # The recorded extractor settings, checked now (naming the checkpoint) rather than on
         # the first uncached image; reading them needs no torch.
         self.extract_config = extract_config_for(self.checkpoint.meta.get("extract_config", {}),
+                                                 blocks=self.checkpoint.block_names,
                                                  source=f"checkpoint {checkpoint_path}")
-        self.fingerprint = self.checkpoint.fingerprint
+        self.fingerprints = self.checkpoint.fingerprints  # block -> namespace, input order
         hc = self.checkpoint.head_config
         self.head = NumpyHead(self.checkpoint.numpy_head, output=hc.output, dropout=hc.dropout)
         self._scores = LRUCache(max_items=self.config.cache_items)  # key -> predicted SSIM
         self._fs: FeatureStore | None = None
-        self._ns: Any = None
+        self._ns: dict[str, Any] = {}
         self.failures: list[tuple[str, str]] = []
+        self.bad_keys: dict[str, str] = {}  # key -> why its vectors could not be read
         self._open()
 
     # -- store handling --------------------------------------------------------------------
@@ -92,23 +94,35 @@ class Scorer:
                                     cache_items=self.config.store_cache_items)
         except StoreNotFoundError:
             return  # nothing cached yet; score_paths may still extract
-        if self._fs.has_namespace(self.fingerprint):
-            self._ns = self._fs.namespace(self.fingerprint)
+        self._ns = {b: self._fs.namespace(fp) for b, fp in self.fingerprints.items()
+                    if self._fs.has_namespace(fp)}
 
-    def _namespace(self) -> Any:
-        if self._ns is None:
-            held = self._fs.fingerprints() if self._fs is not None else []
+    def _held(self) -> str:
+        return ", ".join(fp[:12] for fp in (self._fs.fingerprints() if self._fs else [])) \
+            or "no namespace"
+
+    def _namespaces(self) -> dict[str, Any]:
+        absent = [b for b in self.fingerprints if b not in self._ns]
+        if absent:
             raise CheckpointError(
-                f"store {self.store_path} has no namespace for the checkpoint's fingerprint "
-                f"{self.fingerprint} (it holds {held or 'none'}): extract the images with the "
-                "checkpoint's settings (`ssimcache score` without --cached-only does this) or "
-                "use the store the head was trained with")
+                f"store {self.store_path} has no namespace for the checkpoint's block(s) "
+                + ", ".join(f"{b} {self.fingerprints[b][:12]}" for b in absent)
+                + f" (it holds {self._held()}): extract the images with the checkpoint's "
+                "settings (`ssimcache score` without --cached-only does this) or use the store "
+                "the head was trained with")
         return self._ns
+
+    def _missing(self, keys: list[str]) -> set[str]:
+        """Keys that some block's namespace lacks (all of them without a store)."""
+        if self._fs is None:
+            return set(keys)
+        return set().union(*(self._ns[b].missing(keys) if b in self._ns else keys
+                             for b in self.fingerprints))
 
     def close(self) -> None:
         if self._fs is not None:
             self._fs.close()
-        self._fs, self._ns = None, None
+        self._fs, self._ns = None, {}
 
     def __enter__(self) -> Scorer:
         return self
@@ -118,15 +132,24 @@ class Scorer:
 
     # -- cached keys -----------------------------------------------------------------------
     def _vectors(self, keys: list[str]) -> np.ndarray:
-        ns = self._namespace()
-        try:
-            return np.asarray(ns.get_many(keys), dtype=np.float32)  # (n, D)
-        except StoreKeyError:
-            absent = ns.missing(keys)
-            shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
-            raise PipelineError(
-                f"{len(absent)} key(s) are not in store {self.store_path} under fingerprint "
-                f"{self.fingerprint[:12]}…: {shown}; extract those images first") from None
+        """(n, D) float32: every block's vectors of `keys`, concatenated in the head's input
+        order. A key some block cannot serve (a damaged row) gets a NaN row and an entry in
+        `bad_keys`, so one bad row never sinks the batch; a key absent from the store is an
+        error naming it."""
+        parts = []
+        for block, ns in self._namespaces().items():
+            got = ns.try_get_many(keys)
+            absent = [k for k, why in got.failed.items() if why.startswith("not in namespace")]
+            if absent:
+                shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
+                raise PipelineError(
+                    f"{len(absent)} key(s) are not in store {self.store_path} under block "
+                    f"{block} ({self.fingerprints[block][:12]}…): {shown}; extract those "
+                    "images first")
+            for k, why in got.failed.items():
+                self.bad_keys.setdefault(k, f"store row of block {block} {why}")
+            parts.append(np.asarray(got.vectors, dtype=np.float32))  # (n, D_block)
+        return np.concatenate(parts, axis=1)
 
     def score_keys(self, keys: Sequence[str]) -> np.ndarray:
         """(N,) float32 predicted SSIM for content keys, input order; duplicates scored once."""
@@ -148,7 +171,8 @@ class Scorer:
             for i in todo:
                 out[i] = fresh[keys[i]]
             for k, v in fresh.items():
-                cache.put(k, v)
+                if k not in self.bad_keys:  # a damaged row is retried, never remembered
+                    cache.put(k, v)
         return out
 
     def score_key(self, key: str) -> float:
@@ -195,7 +219,7 @@ class Scorer:
                 self.failures.append((p, e.reason))
         keys = [hashed[str(p)] for p in paths]
         known = [k for k in dict.fromkeys(keys) if k is not None]
-        absent = set(self._ns.missing(known) if self._ns is not None else known)
+        absent = self._missing(known)
         todo = list(dict.fromkeys(str(p) for p, k in zip(paths, keys, strict=True)
                                   if k in absent))
         if not todo:
@@ -203,11 +227,11 @@ class Scorer:
         if cached_only:
             shown = ", ".join(map(display_path, todo[:10])) + (
                 f" ... and {len(todo) - 10} more" if len(todo) > 10 else "")
-            held = self._fs.fingerprints() if self._fs is not None else []
             raise PipelineError(
-                f"{len(todo)} image(s) are not in store {self.store_path} under the checkpoint's "
-                f"fingerprint {self.fingerprint} (the store holds "
-                f"{', '.join(held) or 'no namespace'}): {shown}; drop --cached-only to extract "
+                f"{len(todo)} image(s) are not in store {self.store_path} under every block of "
+                "the checkpoint ("
+                + ", ".join(f"{b} {fp[:12]}" for b, fp in self.fingerprints.items())
+                + f"; the store holds {self._held()}): {shown}; drop --cached-only to extract "
                 "them with the checkpoint's settings")
         unreadable = self.failures
         self._extract(todo, progress, config_path, overrides)
@@ -218,13 +242,13 @@ class Scorer:
     def _extract(self, paths: list[str], progress: bool, config_path: str | Path | None,
                  overrides: dict[str, Any] | None) -> None:
         from pipeline.extract.runner import extract
-        from pipeline.extract.spec import extract_config_for, feature_spec
-        from store.keys import fingerprint
+        from pipeline.extract.spec import block_fingerprints
 
         cfg = extract_config_for(self.checkpoint.meta.get("extract_config", {}), config_path,
-                                 overrides)
-        self.checkpoint.check_fingerprint(fingerprint(feature_spec(cfg)),
-                                          "the extractor settings in use")
+                                 overrides, blocks=self.checkpoint.block_names,
+                                 source=f"checkpoint {self.checkpoint.path}")
+        self.checkpoint.check_fingerprints(block_fingerprints(cfg),
+                                           "the extractor settings in use")
         self.close()  # one process must not hold a reader while it writes the same file
         try:
             report = extract(paths, self.store_path, cfg, backbone=self.backbone,
@@ -242,5 +266,8 @@ class Scorer:
         out = np.full(len(keys), np.nan, dtype=np.float32)
         if ok:
             out[ok] = self.score_keys([keys[i] for i in ok])
+        damaged = [i for i in ok if keys[i] in self.bad_keys]
+        self.failures += [(str(paths[i]), self.bad_keys[keys[i]]) for i in damaged]
+        ok = [i for i in ok if keys[i] not in self.bad_keys]
         self.failures += nonfinite_failures(paths, out, ok)
         return out

@@ -18,7 +18,7 @@ from pipeline.cli import cli
 from pipeline.errors import CheckpointError, PipelineError
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.score import ScoreConfig, Scorer
-from pipeline.train.features import read_vectors
+from pipeline.train.features import read_blocks
 from store.hdf5 import FeatureStore
 from store.keys import content_key
 from tests.stage_two_fixtures import TinyBackbone, make_dataset, trained_setup
@@ -41,7 +41,7 @@ def _cli(*args: str):
 def test_numpy_scorer_equals_torch_head(setup):
     ckpt = load_checkpoint(setup["ckpt"])
     head, _ = ckpt.build_head()
-    x = read_vectors(setup["store"], ckpt.fingerprint, setup["keys"])
+    x = read_blocks(setup["store"], ckpt.fingerprints, setup["keys"])
     with torch.no_grad():
         expected = head(torch.from_numpy(x))[:, 0].numpy()
     with Scorer(setup["store"], setup["ckpt"]) as sc:
@@ -72,10 +72,10 @@ def test_unknown_key_and_foreign_store_refused(setup, tmp_path):
     other = tmp_path / "other.h5"
     with FeatureStore(other, mode="a") as fs:
         fs.namespace("e" * 64, spec={"x": 1}, dim=54).put_many(["0" * 64], np.zeros((1, 54)))
-    fp = load_checkpoint(setup["ckpt"]).fingerprint
+    fp = load_checkpoint(setup["ckpt"]).fingerprints["resnet50"][:12]
     with Scorer(other, setup["ckpt"]) as sc, pytest.raises(CheckpointError) as e:
         sc.score_keys(["0" * 64])
-    assert fp in str(e.value) and "e" * 64 in str(e.value)
+    assert fp in str(e.value) and "e" * 12 in str(e.value)  # what is wanted, what is held
 
 
 def test_uncached_images_are_extracted_then_scored(setup, tmp_path):
@@ -152,8 +152,9 @@ def test_cli_cached_only_lists_uncached(setup, tmp_path):
     res = _cli("score", str(img), "--checkpoint", str(setup["ckpt"]), "--store",
                str(setup["store"]), "--cached-only")
     assert res.exit_code == 1 and str(img) in res.output
-    fp = load_checkpoint(setup["ckpt"]).fingerprint
-    assert f"fingerprint {fp} (the store holds {fp})" in " ".join(res.output.split())
+    fps = load_checkpoint(setup["ckpt"]).fingerprints
+    out = " ".join(res.output.split())
+    assert all(f"{b} {fp[:12]}" in out for b, fp in fps.items()) and "the store holds" in out
 
 
 def test_cached_score_never_imports_torch(setup):
@@ -191,9 +192,11 @@ def _store_with_extreme_vector(setup, tmp_path):
     img = tmp_path / "images" / "img000.png"
     vec = np.full((1, 54), 3e38, dtype=np.float32)
     vec[0, ::2] *= -1
-    fp = load_checkpoint(setup["ckpt"]).fingerprint
+    fps = load_checkpoint(setup["ckpt"]).fingerprints
     with FeatureStore(store, mode="a") as fs:
-        fs.namespace(fp).put_many([content_key(img)], vec)
+        fs.namespace(fps["resnet50"]).put_many([content_key(img)], vec)
+        fs.namespace(fps["imstats"]).put_many([content_key(img)],
+                                              np.zeros((1, fs.namespace(fps["imstats"]).dim)))
     return store, img
 
 

@@ -44,7 +44,8 @@ def run_bench(n_images: int = 200, repeats: int = 3, workers: int = 2, image_siz
         raise ClusterError("bench cluster needs dask.distributed: "
                            "pip install 'ssimcache[dask]'") from None
 
-    cfg = ExtractConfig(weights="random:0", image_size=image_size, batch_size=batch_size)
+    cfg = ExtractConfig(features=("resnet50",), weights="random:0", image_size=image_size,
+                        batch_size=batch_size)
     local_s: list[float] = []
     dask_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d:

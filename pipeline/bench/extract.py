@@ -73,7 +73,8 @@ def _cosines(v: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def _mode_cfg(mode: str, batch_size: int, image_size: int) -> ExtractConfig:
-    return ExtractConfig(weights="random:0", batch_size=batch_size, image_size=image_size,
+    return ExtractConfig(features=("resnet50",), weights="random:0", batch_size=batch_size,
+                         image_size=image_size,
                          precision="fp32" if mode == "b" else "bf16", compile=mode == "d")
 
 
@@ -101,7 +102,8 @@ def _run_mode(mode: str, paths: list[Path], tmp: Path, repeats: int, batch_size:
             cfg = _mode_cfg(mode, batch_size, image_size)
             worker = ExtractWorker(cfg)
             worker.prepare()
-            batch = np.stack([worker.load(p)[1] for p in paths])  # (N, S, S, 3) uint8
+            batch = np.stack([worker.load(p, blocks=("resnet50",)).pixels
+                              for p in paths])  # (N, S, S, 3) uint8
             worker.forward(batch[:batch_size])  # warm-up (compiles in mode d)
             setup = time.perf_counter() - t0
             runs = []

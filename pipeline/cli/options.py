@@ -11,7 +11,7 @@ import click
 
 from pipeline.cli.params import IMAGE_SIZE, check_weights
 from pipeline.config import default_config
-from pipeline.extract.spec import SPEC_FLAGS, ExtractConfig
+from pipeline.extract.spec import BLOCKS, SPEC_FLAGS, ExtractConfig
 
 
 def config_default(name: str) -> str | None:
@@ -75,9 +75,32 @@ def _apply(f: Callable, options: list[Callable]) -> Callable:
     return f
 
 
+def _blocks(ctx: click.Context, param: click.Parameter, value: str | None
+            ) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in BLOCKS]
+    if bad or not names or len(set(names)) != len(names):
+        raise click.BadParameter(f"{value!r}: give distinct blocks from {', '.join(BLOCKS)}, "
+                                 "comma-separated")
+    return names
+
+
+def features_option(default_note: str) -> Callable:
+    """--features BLOCK[,BLOCK]: the feature blocks to fill (extract) or read (train)."""
+    return click.option(
+        "--features", callback=_blocks, default=None, metavar="BLOCK[,BLOCK]",
+        help=f"Feature blocks, each cached in its own namespace: resnet50 (the backbone's "
+             f"2048-d vector), imstats (image statistics, no torch). {default_note}".format(
+                 ",".join(_BUILT_IN["features"])))
+
+
 def spec_options(f: Callable) -> Callable:
-    """Every flag that changes a vector (extract; store prune --keep-current)."""
-    return _apply(f, [flag(field, _FROM_EXTRACT_CONFIG) for field in SPEC_FLAGS])
+    """Every flag that changes a vector, and the blocks (extract; store prune
+    --keep-current)."""
+    return _apply(f, [features_option(_FROM_EXTRACT_CONFIG),
+                      *(flag(field, _FROM_EXTRACT_CONFIG) for field in SPEC_FLAGS)])
 
 
 def extractor_options(f: Callable) -> Callable:

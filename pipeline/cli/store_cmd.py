@@ -174,20 +174,22 @@ def prune(store_path: Path, keep: tuple[str, ...], keep_current: bool, config_pa
         raise click.UsageError("say what to keep: --keep FP (repeatable) and/or --keep-current")
     _require_exists(store_path)
     # Before the write lock: the fingerprint needs torch only to read library versions.
-    current = _current_fingerprint(config_path, given) if keep_current else None
+    current = _current_fingerprints(config_path, given) if keep_current else None
     # Decide read-only first: a refused prune must leave the file byte-for-byte as it was.
     with FeatureStore(store_path, mode="r") as fs:
         fps = fs.fingerprints()
     kept = [_resolve(k, fps, "--keep") for k in wanted]
     if current is not None:
-        if current not in fps:
+        absent = {b: fp for b, fp in current.items() if fp not in fps}
+        if absent:  # one missing block means the config is not the one that filled the store
             have = ", ".join(fp[:12] for fp in fps) or "none"
             raise click.ClickException(
-                f"--keep-current: the current extract config's namespace {current[:12]} is "
-                f"not in {store_path} (it has: {have}); nothing removed. Pass the flags the "
-                "store was filled with (--config, --weights, --image-size, ...) or --keep FP "
-                "(see `ssimcache store info`)")
-        kept.append(current)
+                "--keep-current: the current extract config's namespace(s) "
+                + ", ".join(f"{b} {fp[:12]}" for b, fp in absent.items())
+                + f" are not in {store_path} (it has: {have}); nothing removed. Pass the "
+                "flags the store was filled with (--config, --features, --weights, "
+                "--image-size, ...) or --keep FP (see `ssimcache store info`)")
+        kept += current.values()
     with FeatureStore(store_path, mode="a") as fs:
         removed = fs.prune(kept)
     if as_json:
@@ -199,12 +201,13 @@ def prune(store_path: Path, keep: tuple[str, ...], keep_current: bool, config_pa
                + ("; run `ssimcache store compact` to reclaim the space" if removed else ""))
 
 
-def _current_fingerprint(config_path: str | None, overrides: dict[str, object]) -> str:
+def _current_fingerprints(config_path: str | None, overrides: dict[str, object]
+                          ) -> dict[str, str]:
     # Imported here: stage one (and torch version probing) only when this flag is used.
     from pipeline.config import build_config
-    from pipeline.extract.spec import ExtractConfig, feature_spec
-    from store.keys import fingerprint
-    return fingerprint(feature_spec(build_config(ExtractConfig, config_path, overrides)))
+    from pipeline.extract.spec import ExtractConfig, block_fingerprints
+
+    return block_fingerprints(build_config(ExtractConfig, config_path, overrides))
 
 
 @store.command("compact")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import config_default, extractor_options
+from pipeline.cli.options import config_default, extractor_options, features_option
 from pipeline.cli.params import IMAGE_SIZE, SEED, FiniteFloat
 
 
@@ -48,6 +48,7 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=None,
               help="AdamW learning rate, finite and > 0 [default: 1e-3]")
 @extractor_options
+@features_option("The head reads them concatenated. [default: --extract-config's, else {}]")
 @click.option("--cached-only", is_flag=True,
               help="Do not extract: fail with the list of labelled images missing from the store.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -55,8 +56,9 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
 def train(labels: str, store: str, out: str, config_path: str | None, epochs: int | None,
           seed: int | None, val_fraction: float | None, test_fraction: float | None,
           lr: float | None, weights: str | None, precision: str | None,
-          image_size: int | None, extract_config: str | None, cached_only: bool,
-          no_progress: bool, as_json: bool) -> None:
+          image_size: int | None, extract_config: str | None,
+          features: tuple[str, ...] | None, cached_only: bool, no_progress: bool,
+          as_json: bool) -> None:
     """Train the SSIM head on cached features of the labelled images (extracting any that the
     store lacks), with a deterministic split by content key, AdamW, a cosine schedule and early
     stopping on validation loss. Metrics go into the checkpoint and are printed."""
@@ -68,13 +70,15 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
                        {"epochs": epochs, "seed": seed, "val_fraction": val_fraction,
                         "test_fraction": test_fraction, "lr": lr})
     ecfg = build_config(ExtractConfig, extract_config or config_default("extract.json"),
-                        {"weights": weights, "precision": precision, "image_size": image_size})
+                        {"weights": weights, "precision": precision, "image_size": image_size,
+                         "features": features})
     summary = run_train(labels, store, ecfg, cfg, out, cached_only=cached_only,
                         progress=not no_progress)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"checkpoint {summary['checkpoint']} (fingerprint {summary['fingerprint'][:12]}…, "
+    blocks = ", ".join(f"{b} {fp[:12]}…" for b, fp in summary["fingerprints"].items())
+    click.echo(f"checkpoint {summary['checkpoint']} (blocks {blocks}, "
                f"weights {ecfg.weights})")
     click.echo(f"rows {summary['rows']}: train {summary['train']}, val {summary['val']}, "
                f"test {summary['test']}; extracted {summary['extracted']}, "
@@ -133,8 +137,8 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
         click.echo(dumps(ev.report))  # strict JSON: a non-finite number becomes null
         return
     left_out = f", {len(ev.non_finite)} not finite" if ev.non_finite else ""
-    click.echo(f"{checkpoint} on {labels} (split {split}, fingerprint "
-               f"{ev.context['fingerprint'][:12]}…); n {ev.report['n']}, "
+    blocks = ", ".join(f"{b} {fp[:12]}…" for b, fp in ev.context["fingerprints"].items())
+    click.echo(f"{checkpoint} on {labels} (split {split}, blocks {blocks}); n {ev.report['n']}, "
                f"skipped {len(ev.skipped)} unreadable{left_out}, extracted "
                f"{ev.context['extracted']}")
     click.echo(metrics_table({split: ev.report}))

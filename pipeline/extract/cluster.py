@@ -25,11 +25,17 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.extract.cluster_worker import BackboneParcel, RayParcelRef, ShardResult, run_shard
-from pipeline.extract.runner import ExtractReport, build_report, extract, plan_work
-from pipeline.extract.spec import ExtractConfig, feature_spec
+from pipeline.extract.runner import (
+    BlockWriter,
+    ExtractReport,
+    build_report,
+    extract,
+    open_run,
+    plan_work,
+)
+from pipeline.extract.spec import ExtractConfig, block_fingerprints
 from store.errors import StoreError
 from store.hdf5 import FeatureStore
-from store.keys import fingerprint
 
 BACKENDS = ("local", "dask", "ray")
 CONNECT_TIMEOUT_S = 30   # to reach a scheduler, and to wait for a first worker
@@ -107,8 +113,8 @@ def _dask_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
             cluster.close()
 
 
-def _dask_results(client: Any, tasks: list[tuple[int, list[str], list[str]]],
-                  cfg: ExtractConfig, parcel: BackboneParcel, spec: dict,
+def _dask_results(client: Any, tasks: list[tuple[int, list[str], list[str], list[str]]],
+                  cfg: ExtractConfig, parcel: BackboneParcel, specs: dict[str, dict],
                   retries: int) -> Iterator[ShardResult]:
     from joblib import Parallel, delayed, parallel_config
 
@@ -118,7 +124,8 @@ def _dask_results(client: Any, tasks: list[tuple[int, list[str], list[str]]],
     with parallel_config(backend="dask", client=client, scatter=[parcel], retries=retries,
                          wait_for_workers_timeout=CONNECT_TIMEOUT_S):
         yield from Parallel(n_jobs=-1, return_as="generator_unordered", batch_size=1)(
-            delayed(run_shard)(i, paths, keys, cfg, parcel, spec) for i, paths, keys in tasks)
+            delayed(run_shard)(i, paths, keys, cfg, parcel, specs, blocks)
+            for i, paths, keys, blocks in tasks)
 
 
 @contextmanager
@@ -142,22 +149,25 @@ def _ray_engine(scheduler: str | None, local_workers: int) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _ray_results(ray: Any, tasks: list[tuple[int, list[str], list[str]]], cfg: ExtractConfig,
-                 parcel: BackboneParcel, spec: dict, retries: int) -> Iterator[ShardResult]:
+def _ray_results(ray: Any, tasks: list[tuple[int, list[str], list[str], list[str]]],
+                 cfg: ExtractConfig, parcel: BackboneParcel, specs: dict[str, dict],
+                 retries: int) -> Iterator[ShardResult]:
     # The parcel goes into the object store once (read by each node from shared memory); tasks
     # carry the wrapped ref and a worker fetches it only on its cache miss.
     ref = RayParcelRef(parcel.token, ray.put(parcel))
     # max_retries: resubmit when the worker process dies; retry_exceptions: also when it raises.
     remote = ray.remote(num_cpus=1, max_retries=retries, retry_exceptions=retries > 0)(run_shard)
-    pending = [remote.remote(i, paths, keys, cfg, ref, spec) for i, paths, keys in tasks]
+    pending = [remote.remote(i, paths, keys, cfg, ref, specs, blocks)
+               for i, paths, keys, blocks in tasks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])
 
 
-def shard(items: list[tuple[str, str]], batch_size: int,
-          shard_size: int = 0) -> list[tuple[int, list[str], list[str]]]:
-    """(path, key) work items -> [(shard_id, paths, keys)], in order.
+def shard(items: list[tuple[str, str, frozenset[str]]], batch_size: int,
+          shard_size: int = 0) -> list[tuple[int, list[str], list[str], list[str]]]:
+    """(path, key, blocks) work items -> [(shard_id, paths, keys, blocks)], in order; a shard
+    computes the union of its items' missing blocks (the driver writes only what is missing).
 
     Default: one shard per model batch, cut where the local runner cuts its batches: the same
     images per forward at the same thread count pick the same oneDNN kernels and give the
@@ -165,8 +175,12 @@ def shard(items: list[tuple[str, str]], batch_size: int,
     (about 1e-6 relative).
     """
     size = shard_size or batch_size
-    return [(i, [p for p, _ in items[j:j + size]], [k for _, k in items[j:j + size]])
-            for i, j in enumerate(range(0, len(items), size))]
+    out = []
+    for i, j in enumerate(range(0, len(items), size)):
+        part = items[j:j + size]
+        wanted = sorted(set().union(*(b for _, _, b in part)))
+        out.append((i, [p for p, _, _ in part], [k for _, k, _ in part], wanted))
+    return out
 
 
 def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureStore,
@@ -189,53 +203,50 @@ def extract_on_cluster(paths: Iterable[str | Path], store: str | Path | FeatureS
     if backend == "dask" and scheduler:
         check_dask_address(scheduler)
     paths = [Path(p) for p in paths]
-    spec = feature_spec(cfg)
-    fp = fingerprint(spec)
     # Weights first: a run that cannot load them fails before hashing everything and before
     # the store (and its lock) is created.
-    parcel = make_parcel(cfg, backbone, fp) if paths else None
-    own = not isinstance(store, FeatureStore)
-    fs = FeatureStore(store, mode="a") if own else store
+    parcel = make_parcel(cfg, backbone, block_fingerprints(cfg).get("resnet50", "")) \
+        if paths else None
+    fs, own, specs = open_run(store, cfg)
     try:
         t_start = time.perf_counter()
-        ns = fs.namespace(fp) if fs.has_namespace(fp) else None
-        plan = plan_work(paths, ns, cfg.n_workers())
+        writer = BlockWriter(fs, specs, cfg.dtype)
+        plan = plan_work(paths, writer.namespaces, cfg.n_workers())
         # Absolute paths: workers run in their own cwd (another folder, another machine with
         # the same mount), where a relative path names another file or none.
-        items = [(str(Path(p).absolute()), k) for k, p in plan.todo.items()]
-        sink = _Sink(fs, ns, fp, spec, cfg.dtype, dict(items))
+        items = [(str(Path(p).absolute()), k, plan.needs[k]) for k, p in plan.todo.items()]
+        sink = _Sink(writer, {p: k for p, k, _ in items})
         if items and parcel is not None:
             tasks = shard(items, cfg.batch_size, shard_size)
             with tqdm(total=len(items), unit="img", desc=f"extract ({backend})",
                       disable=not progress, dynamic_ncols=True) as sink.bar:
-                _dispatch(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink)
+                _dispatch(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink,
+                          plan.needs)
         elapsed = time.perf_counter() - t_start
     finally:
         if own:
             fs.close()
-    return build_report(len(paths), plan, sink.failed_keys, elapsed, fp, {})
+    return build_report(len(paths), plan, sink.failed_keys, elapsed, writer.fps, {})
 
 
 class _Sink:
-    """The driver's writer: one committed put_many per shard result, each shard at most once."""
+    """The driver's writer: one committed put_many per (shard result, block), each shard at
+    most once; only the blocks a key was missing are written."""
 
-    def __init__(self, fs: FeatureStore, ns: Any, fp: str, spec: dict, dtype: str,
-                 key_of: dict[str, str]) -> None:
-        self.fs, self.ns, self.fp, self.spec, self.dtype = fs, ns, fp, spec, dtype
+    def __init__(self, writer: BlockWriter, key_of: dict[str, str]) -> None:
+        self.writer = writer
         self.key_of = key_of                       # path -> expected key
         self.failed_keys: dict[str, str] = {}      # key -> failure reason
         self.done: set[int] = set()                # shard ids written
         self.bar: Any = None
 
-    def take(self, r: ShardResult) -> None:
+    def take(self, r: ShardResult, needs: dict[str, frozenset[str]]) -> None:
         if r.shard_id in self.done:  # a duplicate delivery must never be written twice
             return
         self.done.add(r.shard_id)
-        if len(r.keys):
-            if self.ns is None:  # created on first write: D comes from the backbone
-                self.ns = self.fs.namespace(self.fp, spec=self.spec,
-                                            dim=int(r.vectors.shape[1]), dtype=self.dtype)
-            self.ns.put_many(r.keys, r.vectors.astype(self.dtype, copy=False))
+        for block, vectors in r.vectors.items():
+            rows = [i for i, k in enumerate(r.keys) if block in needs.get(k, ())]
+            self.writer(block, [r.keys[i] for i in rows], vectors[rows])
         for p, reason in r.failures:
             self.failed_keys[self.key_of[p]] = reason
         if self.bar is not None:
@@ -244,14 +255,15 @@ class _Sink:
 
 def _dispatch(backend: str, scheduler: str | None, local_workers: int, retries: int,
               cfg: ExtractConfig, parcel: BackboneParcel,
-              tasks: list[tuple[int, list[str], list[str]]], sink: _Sink) -> None:
+              tasks: list[tuple[int, list[str], list[str], list[str]]], sink: _Sink,
+              needs: dict[str, frozenset[str]]) -> None:
     """Send the shards to the engine and hand each result to the sink as it arrives."""
     engine_cm, results = ((_dask_engine, _dask_results) if backend == "dask"
                           else (_ray_engine, _ray_results))
     with engine_cm(scheduler, local_workers) as engine:
         try:
-            for r in results(engine, tasks, cfg, parcel, sink.spec, retries):
-                sink.take(r)
+            for r in results(engine, tasks, cfg, parcel, sink.writer.specs, retries):
+                sink.take(r, needs)
         except (PipelineError, StoreError):
             raise
         except Exception as e:  # noqa: BLE001 - engine errors (KilledWorker, RayTaskError, ...)

@@ -46,8 +46,8 @@ class ShardResult:
     """One shard's outcome: rows for the driver to write and failure rows for the report."""
 
     shard_id: int
-    keys: list[str]                # one per row of `vectors`
-    vectors: np.ndarray            # (N, D) float32
+    keys: list[str]                # one per row of each block's vectors
+    vectors: dict[str, np.ndarray]  # block -> (N, D_block) float32
     failures: list[tuple[str, str]]  # (path, reason)
     pid: int
     seconds: float
@@ -188,34 +188,42 @@ def worker_threads(cfg: Any) -> int:
         return cpu_count()
 
 
-def worker_fingerprint(cfg: Any, driver_spec: dict[str, Any]) -> str:
-    """The fingerprint this process would compute for `cfg`, weights identity taken from the
-    driver: a weights file need not exist here, but versions and preprocessing code must match."""
-    from pipeline.extract.spec import feature_spec
+def worker_fingerprints(cfg: Any, driver_specs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The fingerprints this process would compute for `cfg`'s blocks, the backbone's weights
+    identity taken from the driver: a weights file need not exist here, but library versions
+    and preprocessing code must match."""
+    from pipeline.extract.spec import block_specs
     from store.keys import fingerprint
 
-    spec = feature_spec(replace(cfg, weights="random:0"))  # no file read for the identity
-    spec["weights"] = driver_spec["weights"]
-    return fingerprint(spec)
+    specs = block_specs(replace(cfg, weights="random:0"))  # no file read for the identity
+    if "resnet50" in specs:
+        specs["resnet50"]["weights"] = driver_specs["resnet50"]["weights"]
+    return {b: fingerprint(s) for b, s in specs.items()}
 
 
 def run_shard(shard_id: int, paths: list[str], keys: list[str], cfg: Any,
-              parcel: BackboneParcel | RayParcelRef, driver_spec: dict[str, Any]) -> ShardResult:
-    """Hash, decode and embed `paths` (expected content `keys`) here; the driver writes."""
+              parcel: BackboneParcel | RayParcelRef, driver_specs: dict[str, dict[str, Any]],
+              blocks: list[str]) -> ShardResult:
+    """Hash, decode and compute `blocks` for `paths` (expected content `keys`) here; the
+    driver writes."""
     from store.keys import fingerprint
 
     t0 = time.perf_counter()
-    fp, expected = worker_fingerprint(cfg, driver_spec), fingerprint(driver_spec)
-    if fp != expected:
-        # Different torch/torchvision/Pillow on this worker: its vectors belong elsewhere.
-        raise WorkerMismatchError(
-            f"worker pid {os.getpid()} computes fingerprint {fp[:12]} but the driver's namespace "
-            f"is {expected[:12]}: install the same ssimcache, torch, torchvision and Pillow "
-            "versions on the workers as on the driver")
+    mine = worker_fingerprints(cfg, driver_specs)
+    for block in blocks:
+        expected = fingerprint(driver_specs[block])
+        if mine[block] != expected:
+            # Different torch/torchvision/Pillow/numpy on this worker: its vectors belong
+            # elsewhere.
+            raise WorkerMismatchError(
+                f"worker pid {os.getpid()} computes fingerprint {mine[block][:12]} for block "
+                f"{block} but the driver's namespace is {expected[:12]}: install the same "
+                "ssimcache, torch, torchvision, Pillow, numpy and scipy versions on the "
+                "workers as on the driver")
     n = worker_threads(cfg)
     worker = _extract_worker(parcel, replace(cfg, threads=n, workers=n))
     # Keys are re-derived from the bytes each worker reads; a file changed since the driver
     # hashed it becomes a failure row instead of a vector stored under a stale key.
-    out = worker.compute(paths, keys)
-    return ShardResult(shard_id, list(out.keys), np.ascontiguousarray(out.vectors, np.float32),
-                       list(out.failures), os.getpid(), time.perf_counter() - t0)
+    out = worker.compute(paths, keys, blocks)
+    return ShardResult(shard_id, list(out.keys), out.vectors, list(out.failures), os.getpid(),
+                       time.perf_counter() - t0)

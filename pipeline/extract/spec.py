@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,13 +13,22 @@ from pipeline.errors import CheckpointError, ConfigError
 from pipeline.measure import cpu_count
 
 MAX_IMAGE_SIZE = 4096
+# The feature blocks one extract pass can fill, each in its own namespace: the backbone's pooled
+# vector, and cheap torch-free image statistics (pipeline/extract/imstats.py).
+BLOCKS = ("resnet50", "imstats")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything `extract` needs. Fields marked (fp) change vectors and are in the fingerprint."""
+    """Everything `extract` needs. Fields marked (fp) change vectors and are in the fingerprint
+    of the resnet50 block; `background` is also in the imstats block's."""
+
+    # Blocks to fill (and, for a head, to read, concatenated in this order). Both by default:
+    # on images from families the head never saw, each block alone predicts worse than the two
+    # together (docs/stage-two.md has the leave-one-family-out table).
+    features: tuple[str, ...] = BLOCKS
 
     weights: str = "imagenet"            # (fp) 'imagenet' | PATH | 'random:SEED'
     precision: Literal["fp32", "bf16"] = "fp32"   # (fp) bf16 = autocast on CPU/CUDA
@@ -45,6 +55,10 @@ class ExtractConfig:
     prefetch: int = 2                    # batches decoded ahead of the model
 
     def __post_init__(self) -> None:
+        unknown = [b for b in self.features if b not in BLOCKS]
+        if unknown or not self.features or len(set(self.features)) != len(self.features):
+            raise ConfigError(f"features {list(self.features)}: give one or more distinct "
+                              f"blocks from {list(BLOCKS)}")
         for name in ("image_size", "batch_size", "max_pixels", "prefetch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -78,7 +92,8 @@ class ExtractConfig:
 
 
 # Fields that only change speed or reporting, never a vector; kept out of the fingerprint.
-NOT_IN_SPEC = frozenset({"batch_size", "workers", "threads", "max_pixels", "prefetch"})
+NOT_IN_SPEC = frozenset({"batch_size", "workers", "threads", "max_pixels", "prefetch",
+                         "features"})
 
 
 def _major_minor(version: str) -> str:
@@ -129,6 +144,30 @@ def feature_spec(cfg: ExtractConfig) -> dict[str, Any]:
     }
 
 
+def block_spec(cfg: ExtractConfig, block: str) -> dict[str, Any]:
+    """The fingerprint spec of one feature block under `cfg`."""
+    if block == "resnet50":
+        return feature_spec(cfg)
+    if block == "imstats":
+        from pipeline.extract import imstats
+        from pipeline.images.decode import COLOUR_PIPELINE, parse_background
+
+        return imstats.spec(parse_background(cfg.background), COLOUR_PIPELINE)
+    raise ConfigError(f"unknown feature block {block!r}; known: {list(BLOCKS)}")
+
+
+def block_specs(cfg: ExtractConfig) -> dict[str, dict[str, Any]]:
+    """{block: spec} for every block `cfg` fills, in its order."""
+    return {b: block_spec(cfg, b) for b in cfg.features}
+
+
+def block_fingerprints(cfg: ExtractConfig) -> dict[str, str]:
+    """{block: namespace fingerprint} for every block `cfg` fills, in its order."""
+    from store.keys import fingerprint
+
+    return {b: fingerprint(s) for b, s in block_specs(cfg).items()}
+
+
 # ExtractConfig field -> its `ssimcache extract` flag (switches also take --no-...), for every
 # field in the fingerprint. The CLI builds its options from this, and error messages that tell
 # a user which flags select a namespace print from it.
@@ -155,6 +194,8 @@ def extract_flags(cfg: ExtractConfig) -> str:
             out.append(flag if value else f"--no-{flag[2:]}")
         else:
             out.append(f"{flag} {value}")
+    if cfg.features != base.features:
+        out.append(f"--features {','.join(cfg.features)}")
     if (cfg.mean, cfg.std) != (base.mean, base.std):
         out.append("--config FILE (with the checkpoint's mean/std)")
     return " ".join(out)
@@ -162,12 +203,14 @@ def extract_flags(cfg: ExtractConfig) -> str:
 
 def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = None,
                        overrides: dict[str, Any] | None = None,
+                       blocks: Sequence[str] | None = None,
                        source: str = "the checkpoint") -> ExtractConfig:
-    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags.
+    """ExtractConfig for a checkpoint: the settings it recorded, then `--config`, then flags;
+    `blocks` (the checkpoint's feature blocks, which its head reads) always win.
 
     The recorded settings are checked first on their own: a bad one is a CheckpointError
     naming `source` (never "command line"). A user never has to repeat the extractor options;
-    giving different ones is caught by `gather(expected_fingerprint=...)`."""
+    giving different ones is caught by `gather(expected=...)`."""
     import json
 
     from pipeline.config import build_config
@@ -187,4 +230,6 @@ def extract_config_for(saved: dict[str, Any], config_path: str | Path | None = N
         build_config(ExtractConfig, config_path)
         merged.update(json.loads(Path(config_path).read_text()))
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if blocks is not None:
+        merged["features"] = list(blocks)
     return build_config(ExtractConfig, None, merged)

@@ -1,14 +1,15 @@
-"""The per-batch compute step: paths -> (keys, vectors, failures), with no store involved.
+"""The per-batch compute step: paths -> (keys, per-block vectors, failures), no store involved.
 
-`ExtractWorker` is what the local runner and the Dask runner share: it pickles without its
-model (rebuilt lazily in the process that uses it), decodes in a thread pool and runs the
-backbone with the config's precision / memory format / compile options.
+`ExtractWorker` is what the local runner and the cluster runners share: it pickles without its
+model (rebuilt lazily in the process that uses it), decodes each image once in a thread pool,
+computes the torch-free blocks (imstats) from the decoded native-size image there, and runs the
+backbone block on batches with the config's precision / memory format / compile options.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +20,35 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, ImageError
+from pipeline.extract import imstats
 from pipeline.extract.backbone import fuse_conv_bn, load_backbone
 from pipeline.extract.preprocess import Preprocess
 from pipeline.extract.spec import ExtractConfig
 from pipeline.images.inputs import read_file
 from store.keys import content_key
 
+BACKBONE = "resnet50"
+# Torch-free blocks: computed from the decoded native-size RGB image in the decode threads.
+IMAGE_BLOCKS: dict[str, Callable[[Any], np.ndarray]] = {imstats.NAME: imstats.compute}
+
+
+@dataclass
+class Decoded:
+    """One image after the decode step: its content key, the model input when the backbone
+    block is wanted (uint8 (S, S, 3)), and the torch-free blocks' vectors ({block: (D,)})."""
+
+    key: str
+    pixels: np.ndarray | None
+    vectors: dict[str, np.ndarray]
+
 
 @dataclass
 class BatchResult:
-    """What one batch produced: `vectors[i]` belongs to `keys[i]`; failures are (path, reason)."""
+    """What one batch produced: `vectors[block][i]` belongs to `keys[i]`; failures are
+    (path, reason)."""
 
     keys: list[str]
-    vectors: np.ndarray  # (N, D) float32
+    vectors: dict[str, np.ndarray]  # block -> (N, D_block) float32
     failures: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -94,17 +111,29 @@ class ExtractWorker:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def load(self, path: str | Path, key: str | None = None) -> tuple[str, np.ndarray]:
-        """Read, hash, decode and resize one file -> (key, uint8 (S, S, 3)). Raises ImageError.
+    def load(self, path: str | Path, key: str | None = None,
+             blocks: Collection[str] | None = None) -> Decoded:
+        """Read, hash and decode one file once, then prepare every wanted block from it
+        (default: the config's). Raises ImageError.
 
         The key is recomputed from the bytes actually decoded, so a file rewritten after it
-        was hashed can never store its vector under the old content's key.
+        was hashed can never store its vectors under the old content's key.
         """
+        wanted = self.cfg.features if blocks is None else blocks
         data = read_file(path)
         actual = content_key(data)
         if key is not None and actual != key:
             raise ImageError(f"{path}: file changed while extracting; run extract again")
-        return actual, self.pre.resize(self.pre.decode(data, name=str(path)))
+        rgb = self.pre.decode(data, name=str(path))
+        vectors = {b: fn(rgb) for b, fn in IMAGE_BLOCKS.items() if b in wanted}
+        pixels = self.pre.resize(rgb) if BACKBONE in wanted else None
+        return Decoded(actual, pixels, vectors)
+
+    def block_dim(self, block: str) -> int:
+        """Vector length of `block` (the backbone's is known once it is built or injected)."""
+        if block == BACKBONE:
+            return int(getattr(self._backbone, "feature_dim", 2048))
+        return imstats.DIM
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the device."""
@@ -125,33 +154,45 @@ class ExtractWorker:
             y = self._model(x)  # (B, D)
         return y[:n].float().cpu().numpy()
 
-    def load_many(self, paths: Sequence[str | Path],
-                  keys: Sequence[str] | None = None) -> tuple[list[str], list[np.ndarray],
-                                                              list[tuple[str, str]]]:
-        """Decode `paths` in the thread pool -> (keys, uint8 images, failures)."""
+    def load_many(self, paths: Sequence[str | Path], keys: Sequence[str] | None = None,
+                  blocks: Collection[str] | None = None
+                  ) -> tuple[list[Decoded], list[tuple[str, str]]]:
+        """Decode `paths` in the thread pool -> (decoded images, failures)."""
         keys_in = list(keys) if keys is not None else [None] * len(paths)
-        futures = [self.pool.submit(self.load, p, k) for p, k in zip(paths, keys_in, strict=True)]
-        ok_keys, images, failures = [], [], []
+        futures = [self.pool.submit(self.load, p, k, blocks)
+                   for p, k in zip(paths, keys_in, strict=True)]
+        decoded, failures = [], []
         for p, fut in zip(paths, futures, strict=True):
             try:
-                k, arr = fut.result()
+                decoded.append(fut.result())
             except ImageError as e:
                 failures.append((str(p), failure_reason(str(p), e)))
-                continue
-            ok_keys.append(k)
-            images.append(arr)
-        return ok_keys, images, failures
+        return decoded, failures
 
-    def compute(self, paths: Sequence[str | Path],
-                keys: Sequence[str] | None = None) -> BatchResult:
-        """paths -> BatchResult; bad images become failures, never exceptions."""
+    def compute(self, paths: Sequence[str | Path], keys: Sequence[str] | None = None,
+                blocks: Collection[str] | None = None) -> BatchResult:
+        """paths -> BatchResult with every wanted block (default: the config's) for every
+        image that decodes; bad images become failures, never exceptions."""
+        wanted = [b for b in self.cfg.features if blocks is None or b in blocks]
         t0 = time.perf_counter()
-        ok_keys, images, failures = self.load_many(paths, keys)
+        decoded, failures = self.load_many(paths, keys, wanted)
         t1 = time.perf_counter()
-        if images:
-            vectors = np.concatenate([self.forward(np.stack(images[i:i + self.cfg.batch_size]))
-                                      for i in range(0, len(images), self.cfg.batch_size)])
-        else:
-            vectors = np.zeros((0, getattr(self._backbone, "feature_dim", 2048)), np.float32)
+        vectors = {b: stack_rows([d.vectors[b] for d in decoded], self.block_dim(b))
+                   for b in wanted if b != BACKBONE}
+        if BACKBONE in wanted:
+            step = self.cfg.batch_size
+            pixels = [d.pixels for d in decoded]
+            vectors[BACKBONE] = stack_rows(
+                [self.forward(np.stack(pixels[i:i + step])) for i in range(0, len(pixels), step)],
+                self.block_dim(BACKBONE), concat=True)
         t2 = time.perf_counter()
-        return BatchResult(ok_keys, vectors, failures, {"decode_s": t1 - t0, "model_s": t2 - t1})
+        return BatchResult([d.key for d in decoded], vectors, failures,
+                           {"decode_s": t1 - t0, "model_s": t2 - t1})
+
+
+def stack_rows(parts: list[np.ndarray], dim: int, concat: bool = False) -> np.ndarray:
+    """Rows (D,) (or blocks (n, D) with `concat`) -> float32 (N, D); (0, dim) when empty."""
+    if not parts:
+        return np.zeros((0, dim), np.float32)
+    out = np.concatenate(parts) if concat else np.stack(parts)
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -29,6 +29,7 @@ from pipeline.head.checks import (
     check_layout,
     check_values,
     dtype_name,
+    feature_blocks,
     parse_meta,
 )
 from pipeline.head.config import HeadConfig
@@ -60,17 +61,32 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def fingerprint(self) -> str:
-        return str(self.meta["fingerprint"])
+    def blocks(self) -> list[dict[str, Any]]:
+        """The feature blocks the head reads, in input order: [{"block", "fingerprint",
+        "spec", "dim"}] (one "resnet50" block for checkpoints from before blocks)."""
+        return feature_blocks(self.meta, self.head_config.input_dim)
 
-    def check_fingerprint(self, store_fingerprint: str, where: str = "the store") -> None:
-        """Refuse a store namespace other than the one the head was trained on."""
-        if store_fingerprint != self.fingerprint:
+    @property
+    def block_names(self) -> list[str]:
+        return [b["block"] for b in self.blocks]
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """{block: namespace fingerprint}, in the head's input order."""
+        return {b["block"]: b["fingerprint"] for b in self.blocks}
+
+    def check_fingerprints(self, given: dict[str, str], where: str = "the store") -> None:
+        """Refuse feature namespaces other than the ones the head was trained on."""
+        if given != self.fingerprints:
+            mine = self.fingerprints
+            differ = [b for b in dict.fromkeys([*mine, *given]) if given.get(b) != mine.get(b)]
+            shown = "; ".join(f"{b}: trained on {(mine.get(b) or 'none')[:12]}, "
+                              f"{where} has {(given.get(b) or 'none')[:12]}" for b in differ)
             raise CheckpointError(
-                f"checkpoint {self.path} was trained on features with fingerprint "
-                f"{self.fingerprint}, but {where} uses fingerprint {store_fingerprint}: "
-                "use the extractor settings recorded in the checkpoint (the default when no "
-                "--weights/--precision/--image-size/--config is given) or retrain the head")
+                f"checkpoint {self.path} was trained on other features than {where} selects "
+                f"({shown}): use the extractor settings recorded in the checkpoint (the default "
+                "when no --weights/--precision/--image-size/--config is given) or retrain the "
+                "head")
 
     def build_head(self, strict: bool = True) -> tuple[SSIMPredictor, dict[str, list[str]]]:
         """The torch head in eval mode, plus {"missing": [...], "unexpected": [...]} keys.
@@ -115,12 +131,17 @@ def versions() -> dict[str, str]:
             "torch": torch.__version__}
 
 
-def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
-                    feature_spec: dict[str, Any], extract_config: dict[str, Any] | None = None,
+def save_checkpoint(path: str | Path, head: SSIMPredictor, *,
+                    features: list[dict[str, Any]] | None = None,
+                    fingerprint: str | None = None, feature_spec: dict[str, Any] | None = None,
+                    extract_config: dict[str, Any] | None = None,
                     train_config: dict[str, Any] | None = None,
                     metrics: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (temp file in the same folder + os.replace).
+
+    `features` lists the blocks the head reads ([{"block", "fingerprint", "spec", "dim"}], in
+    input order); `fingerprint` + `feature_spec` alone mean one "resnet50" block.
 
     What is written passes the same checks as a load (a head with NaN/Inf weights, e.g. from
     a diverged training run, is refused here rather than at every later use); non-finite
@@ -137,8 +158,9 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *, fingerprint: str,
     meta = {
         "format": FORMAT,
         "head_config": json.loads(head.config.to_json()),
-        "fingerprint": fingerprint,
-        "feature_spec": feature_spec,
+        "features": features if features is not None else [
+            {"block": "resnet50", "fingerprint": fingerprint, "spec": feature_spec,
+             "dim": head.config.input_dim}],
         "extract_config": extract_config or {},
         "label": LABEL_DEFINITION,
         "train_config": train_config or {},

@@ -65,7 +65,7 @@ def check_description(meta: Mapping[str, Any], path: Path, *,
         raise CheckpointError(f"checkpoint {path}: metadata format {fmt!r} is not "
                               f"{FORMAT!r}, the one this ssimcache reads; {FIX}")
     config = check_head_config(meta.get("head_config"), path)
-    _check_features(meta, path)
+    _check_features(meta, config, path)
     _check_split(meta.get("split"), path)
     return config
 
@@ -81,17 +81,51 @@ def check_head_config(raw: Any, path: Path) -> HeadConfig:
         raise CheckpointError(f"checkpoint {path}: invalid head_config ({e}); {FIX}") from None
 
 
-def _check_features(meta: Mapping[str, Any], path: Path) -> None:
-    """The feature description the head reads: today one block (fingerprint, feature_spec,
-    extract_config). Kept apart from the head checks so that a list of blocks (each with its
-    own fingerprint/spec/config/dim, concatenated as the head input) extends it here alone."""
-    fp = meta.get("fingerprint")
-    if not isinstance(fp, str) or not _HEX64.fullmatch(fp):
-        raise CheckpointError(f"checkpoint {path}: 'fingerprint' must be a 64-character "
-                              f"sha256 hex digest, got {fp!r}; {FIX}")
-    if not isinstance(meta.get("feature_spec"), dict):
-        raise CheckpointError(f"checkpoint {path}: 'feature_spec' is missing or not an "
-                              f"object; {FIX}")
+_BLOCK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def feature_blocks(meta: Mapping[str, Any], input_dim: int) -> list[dict[str, Any]]:
+    """The feature blocks the head reads, concatenated in this order: [{"block", "fingerprint",
+    "spec", "dim"}]. Checkpoints from before blocks existed hold one backbone namespace
+    (`fingerprint` + `feature_spec`): that is one "resnet50" block of the head's input size."""
+    if "features" in meta:
+        return meta["features"]
+    return [{"block": "resnet50", "fingerprint": meta.get("fingerprint"),
+             "spec": meta.get("feature_spec"), "dim": input_dim}]
+
+
+def _check_features(meta: Mapping[str, Any], config: HeadConfig, path: Path) -> None:
+    """The feature description: a non-empty list of distinct blocks, each with a sha256
+    fingerprint, a spec object and a positive dim, the dims adding up to the head's input."""
+    blocks = feature_blocks(meta, config.input_dim)
+    if not isinstance(blocks, list) or not blocks:
+        raise CheckpointError(f"checkpoint {path}: 'features' must be a non-empty list of "
+                              f"blocks, got {type(blocks).__name__}; {FIX}")
+    names = []
+    for i, b in enumerate(blocks):
+        what = f"checkpoint {path}: feature block {i}"
+        if not isinstance(b, dict):
+            raise CheckpointError(f"{what} is not an object; {FIX}")
+        name, fp, dim = b.get("block"), b.get("fingerprint"), b.get("dim")
+        if not isinstance(name, str) or not _BLOCK_NAME.fullmatch(name):
+            raise CheckpointError(f"{what}: 'block' must be a short lowercase name, got "
+                                  f"{name!r}; {FIX}")
+        if not isinstance(fp, str) or not _HEX64.fullmatch(fp):
+            raise CheckpointError(f"{what} ({name}): 'fingerprint' must be a 64-character "
+                                  f"sha256 hex digest, got {fp!r}; {FIX}")
+        if not isinstance(b.get("spec"), dict):
+            raise CheckpointError(f"{what} ({name}): its spec ('feature_spec') is missing or "
+                                  f"not an object; {FIX}")
+        if not _is_int(dim) or dim < 1:
+            raise CheckpointError(f"{what} ({name}): 'dim' must be a positive integer, got "
+                                  f"{dim!r}; {FIX}")
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"checkpoint {path}: feature blocks {names} repeat a block; {FIX}")
+    total = sum(b["dim"] for b in blocks)
+    if total != config.input_dim:
+        raise CheckpointError(f"checkpoint {path}: its feature blocks {names} add up to {total} "
+                              f"inputs but the head takes {config.input_dim}; {FIX}")
     _check_extract_config(meta.get("extract_config", {}), path)
 
 

@@ -48,10 +48,10 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
         raise PipelineError(f"split must be one of {SPLITS}, got {split!r}")
     ckpt = load_checkpoint(checkpoint)
     cfg = extract_config_for(ckpt.meta.get("extract_config", {}), config_path, overrides,
-                             source=f"checkpoint {checkpoint}")
+                             blocks=ckpt.block_names, source=f"checkpoint {checkpoint}")
     rows = read_labels(labels_csv)
     data = gather(rows, store_path, cfg, cached_only=cached_only, progress=progress,
-                  backbone=backbone, expected_fingerprint=ckpt.fingerprint)
+                  backbone=backbone, expected=ckpt.fingerprints)
     idx = np.arange(len(data.keys))  # (N,) rows of `data` to evaluate
     if split != "all":
         s = ckpt.meta.get("split")
@@ -75,7 +75,7 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
             f"{len(non_finite)} of {len(finite)} predictions are not finite (NaN/Inf) and are "
             f"left out of these metrics (first: {non_finite[0][0]}): {NONFINITE_REASON}"]
     context = {"checkpoint": str(checkpoint), "labels": str(labels_csv),
-               "fingerprint": ckpt.fingerprint, "split": split,
+               "fingerprints": ckpt.fingerprints, "split": split,
                "weights": cfg.weights, "extracted": data.extracted,
                "skipped": len(data.skipped), "non_finite": len(non_finite)}
     return Evaluation(report, y_true, y_pred, families, context, skipped=data.skipped,

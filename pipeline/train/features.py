@@ -1,4 +1,5 @@
-"""Feature vectors for labelled images: hash, extract what the store lacks, read the namespace."""
+"""Feature vectors for labelled images: hash, extract what the store lacks, read every block's
+namespace and concatenate them in the configured order."""
 
 from __future__ import annotations
 
@@ -13,19 +14,20 @@ from pipeline.errors import PipelineError
 from pipeline.train.labels_csv import DuplicateLabelWarning, LabelRow, merge_duplicates
 from store.errors import StoreNotFoundError
 from store.hdf5 import FeatureStore
-from store.keys import content_key
 
 
 @dataclass
 class LabelledSet:
-    """Rows that have a vector, aligned: keys[i], x[i] (D,), y[i], families[i]."""
+    """Rows that have vectors, aligned: keys[i], x[i] (D,) = the blocks concatenated, y[i] the
+    SSIM label, svg_bytes[i] (NaN where the CSV has none), families[i]."""
 
     rows: list[LabelRow]
     keys: list[str]
     x: np.ndarray
     y: np.ndarray
     families: list[str | None]
-    fingerprint: str
+    blocks: list[dict[str, Any]]  # [{"block", "fingerprint", "dim"}] in x's column order
+    svg_bytes: np.ndarray | None = None
     extracted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an image labelled twice
@@ -66,30 +68,41 @@ def read_vectors(store_path: str | Path, fp: str, keys: Sequence[str]) -> np.nda
     return block[[where[k] for k in keys]]
 
 
+def read_blocks(store_path: str | Path, fingerprints: dict[str, str],
+                keys: Sequence[str]) -> np.ndarray:
+    """(N, sum of D) float32: each block's vectors of `keys`, concatenated in dict order."""
+    return np.concatenate([read_vectors(store_path, fp, keys) for fp in fingerprints.values()],
+                          axis=1)
+
+
 def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *,
            cached_only: bool = False, progress: bool = True, backbone: Any = None,
-           expected_fingerprint: str | None = None, strict: bool = False,
+           expected: dict[str, str] | None = None, strict: bool = False,
            on_warning: Callable[[str], None] | None = None) -> LabelledSet:
-    """Vectors for `rows` under `extract_cfg`'s namespace. Missing images are extracted into the
-    store first (torch), or with `cached_only` listed in a PipelineError. Images that fail to
-    decode are skipped and listed in `skipped` (path, reason), never a crash.
-    `expected_fingerprint` (a checkpoint's) is checked before any work. Identical images with
-    different labels become one row at their mean label, with a warning passed to
-    `on_warning` (default: a DuplicateLabelWarning) and kept in `warnings`; `strict` makes
-    them a LabelsError naming the lines."""
+    """Vectors for `rows` from every block of `extract_cfg.features`, concatenated in that
+    order. Images some block lacks are extracted into the store first (only the missing
+    blocks), or with `cached_only` listed in a PipelineError. Images that fail to decode are
+    skipped and listed in `skipped` (path, reason), never a crash. `expected` ({block:
+    fingerprint}, a checkpoint's) is checked before any work. Identical images with different
+    labels become one row at their mean label, with a warning passed to `on_warning` (default:
+    a DuplicateLabelWarning) and kept in `warnings`; `strict` makes them a LabelsError naming
+    the lines."""
     from pipeline.extract.runner import extract
-    from pipeline.extract.spec import extract_flags, feature_spec
-    from store.keys import fingerprint
+    from pipeline.extract.spec import block_fingerprints, extract_flags
+    from pipeline.images.inputs import hash_file
 
-    fp = fingerprint(feature_spec(extract_cfg))
-    if expected_fingerprint is not None and fp != expected_fingerprint:
+    fps = block_fingerprints(extract_cfg)
+    if expected is not None and fps != expected:
         from pipeline.errors import CheckpointError
 
+        differ = ", ".join(f"{b}: {expected.get(b, 'none')[:12]} vs {fps.get(b, 'none')[:12]}"
+                           for b in dict.fromkeys([*expected, *fps])
+                           if expected.get(b) != fps.get(b))
         raise CheckpointError(
-            f"the checkpoint was trained on features with fingerprint {expected_fingerprint}, "
-            f"but the extractor settings given select fingerprint {fp}: drop --weights/"
-            "--precision/--image-size/--config to use the checkpoint's own settings")
-    keys = [content_key(r.path) for r in rows]
+            f"the checkpoint was trained on other features than the extractor settings given "
+            f"select ({differ}): drop --weights/--precision/--image-size/--config to use the "
+            "checkpoint's own settings")
+    keys = [hash_file(r.path) for r in rows]
     rows, keys, notes = merge_duplicates(rows, keys, strict=strict)
     for note in notes:
         if on_warning is None:
@@ -98,17 +111,18 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
             warnings.warn(note, DuplicateLabelWarning, stacklevel=2)
         else:
             on_warning(note)
-    absent = set(missing_keys(store_path, fp, keys))
+    absent = set().union(*(missing_keys(store_path, fp, keys) for fp in fps.values()))
     todo = [r.path for r, k in zip(rows, keys, strict=True) if k in absent]
     extracted = 0
     skipped: list[tuple[str, str]] = []
     if todo and cached_only:
         held = store_fingerprints(store_path)
         raise PipelineError(
-            f"{len(todo)} labelled image(s) are not in the store {store_path} under fingerprint "
-            f"{fp} (the store holds {', '.join(held) or 'no namespace'}): {_show(todo)}; run "
-            f"`ssimcache extract --store {store_path} {extract_flags(extract_cfg)} IMAGES...` "
-            "on them or drop --cached-only")
+            f"{len(todo)} labelled image(s) are not in the store {store_path} under every "
+            f"block's namespace ({', '.join(f'{b} {fp[:12]}' for b, fp in fps.items())}; the "
+            f"store holds {', '.join(fp[:12] for fp in held) or 'no namespace'}): {_show(todo)}; "
+            f"run `ssimcache extract --store {store_path} {extract_flags(extract_cfg)} "
+            "IMAGES...` on them or drop --cached-only")
     if todo:
         report = extract(list(dict.fromkeys(todo)), store_path, extract_cfg,
                          backbone=backbone, progress=progress)
@@ -121,8 +135,11 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
                             f"first failure: {skipped[0] if skipped else '?'}")
     kept_rows = [rows[i] for i in keep]
     kept_keys = [keys[i] for i in keep]
-    x = read_vectors(store_path, fp, kept_keys)
-    return LabelledSet(rows=kept_rows, keys=kept_keys, x=x,
+    parts = [read_vectors(store_path, fp, kept_keys) for fp in fps.values()]  # (N, D_b) each
+    blocks = [{"block": b, "fingerprint": fp, "dim": int(x.shape[1])}
+              for (b, fp), x in zip(fps.items(), parts, strict=True)]
+    svg = np.array([np.nan if r.svg_bytes is None else r.svg_bytes for r in kept_rows])
+    return LabelledSet(rows=kept_rows, keys=kept_keys, x=np.concatenate(parts, axis=1),
                        y=np.array([r.ssim for r in kept_rows], dtype=np.float32),
-                       families=[r.family for r in kept_rows], fingerprint=fp,
+                       families=[r.family for r in kept_rows], blocks=blocks, svg_bytes=svg,
                        extracted=extracted, skipped=skipped, warnings=notes)

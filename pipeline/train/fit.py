@@ -195,7 +195,7 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
     val/test metrics, skipped images, peak RSS.
     """
     from pipeline.config import config_to_dict
-    from pipeline.extract.spec import feature_spec
+    from pipeline.extract.spec import block_specs
     from pipeline.head.checkpoint import save_checkpoint
     from pipeline.train.features import gather
     from pipeline.train.labels_csv import read_labels
@@ -221,11 +221,13 @@ def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConf
                 "best_val_loss": result.best_val_loss,
                 "final_train_loss": result.history[-1]["train_loss"],
                 "labels": str(labels_csv), "skipped": len(data.skipped)}
-    save_checkpoint(out, result.head, fingerprint=data.fingerprint,
-                    feature_spec=feature_spec(extract_cfg),
+    specs = block_specs(extract_cfg)
+    features = [{**b, "spec": specs[b["block"]]} for b in data.blocks]
+    save_checkpoint(out, result.head, features=features,
                     extract_config=config_to_dict(extract_cfg), train_config=config_to_dict(cfg),
                     metrics=metrics, extra={"split": split_info, "training": training})
-    return {"checkpoint": str(out), "fingerprint": data.fingerprint,
+    fps = {b["block"]: b["fingerprint"] for b in data.blocks}
+    return {"checkpoint": str(out), "fingerprints": fps,
             "rows": len(rows), "extracted": data.extracted, **split_info["counts"],
             **training, "skipped": data.skipped, "metrics": metrics,
             "peak_rss_mb": round(peak_rss_mb(), 1)}

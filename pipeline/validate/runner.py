@@ -112,7 +112,7 @@ def load_model(checkpoint: str | None, extract_config: str | None = None,
 
         ckpt = load_checkpoint(checkpoint)
         ecfg = extract_config_for(ckpt.meta.get("extract_config", {}), extract_config, overrides,
-                                  source=f"checkpoint {checkpoint}")
+                                  blocks=ckpt.block_names, source=f"checkpoint {checkpoint}")
         head, _ = ckpt.build_head(strict=True)
         model = QualityPredictionModel({"weights": ecfg.weights,
                                         "feature_dim": ckpt.head_config.input_dim},
@@ -152,7 +152,7 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
         from pipeline.train.features import gather
 
         got = gather(rows, store, ecfg, cached_only=cached_only, progress=progress,
-                     expected_fingerprint=ckpt.fingerprint if ckpt is not None else None)
+                     expected=ckpt.fingerprints if ckpt is not None else None)
         labeled = LabeledFeatures(x=got.x, y=got.y, keys=got.keys)
     return run_validation(model, cfg, images=paths, labeled=labeled, preprocess=Preprocess(ecfg),
                           source=source, progress=progress)

@@ -72,7 +72,9 @@ def cluster():
 
 
 def _cfg(**kw) -> ExtractConfig:
-    base = dict(weights="random:0", image_size=32, batch_size=4, threads=1, workers=1)
+    # The backbone block alone unless a test asks for more (both blocks: their own test).
+    base = dict(features=("resnet50",), weights="random:0", image_size=32, batch_size=4,
+                threads=1, workers=1)
     return ExtractConfig(**{**base, **kw})
 
 
@@ -101,12 +103,16 @@ def _assert_same(local: Path, remote: Path, fp: str) -> None:
 
 
 def test_shards_cover_work_once_in_local_batch_order() -> None:
-    items = [(f"p{i}", f"k{i}") for i in range(10)]
+    both, one = frozenset({"resnet50", "imstats"}), frozenset({"imstats"})
+    items = [(f"p{i}", f"k{i}", both if i == 5 else one) for i in range(10)]
     tasks = shard(items, batch_size=4)
-    assert [p for _, ps, _ in tasks for p in ps] == [p for p, _ in items]
-    assert [k for _, _, ks in tasks for k in ks] == [k for _, k in items]
-    assert [len(ps) for _, ps, _ in tasks] == [4, 4, 2] and [i for i, _, _ in tasks] == [0, 1, 2]
-    assert [len(ps) for _, ps, _ in shard(items, batch_size=4, shard_size=3)] == [3, 3, 3, 1]
+    assert [p for _, ps, _, _ in tasks for p in ps] == [p for p, _, _ in items]
+    assert [k for _, _, ks, _ in tasks for k in ks] == [k for _, k, _ in items]
+    assert [len(ps) for _, ps, _, _ in tasks] == [4, 4, 2]
+    assert [i for i, _, _, _ in tasks] == [0, 1, 2]
+    # a shard computes the union of its items' missing blocks
+    assert [b for _, _, _, b in tasks] == [["imstats"], ["imstats", "resnet50"], ["imstats"]]
+    assert [len(ps) for _, ps, _, _ in shard(items, batch_size=4, shard_size=3)] == [3, 3, 3, 1]
 
 
 def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster) -> None:
@@ -336,10 +342,10 @@ def test_paths_reaching_workers_are_absolute(tmp_path, images, monkeypatch) -> N
 
     seen: list[str] = []
 
-    def in_process(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink):
-        for i, paths, keys in tasks:  # what an engine would hand to run_shard on a worker
+    def in_process(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink, needs):
+        for i, paths, keys, blocks in tasks:  # what an engine hands to run_shard on a worker
             seen.extend(paths)
-            sink.take(run_shard(i, paths, keys, cfg, parcel, sink.spec))
+            sink.take(run_shard(i, paths, keys, cfg, parcel, sink.writer.specs, blocks), needs)
 
     monkeypatch.setattr("pipeline.extract.cluster._dispatch", in_process)
     monkeypatch.chdir(images[0].parent)

@@ -16,7 +16,7 @@ from pipeline.config import build_config, config_to_dict
 from pipeline.errors import ImageError
 from pipeline.extract.runner import Runner, extract
 from pipeline.extract.spec import ExtractConfig, feature_spec
-from pipeline.extract.worker import ExtractWorker
+from pipeline.extract.worker import Decoded, ExtractWorker
 from pipeline.images.inputs import expand_inputs
 from store.hdf5 import FeatureStore
 from store.keys import content_key, fingerprint
@@ -41,7 +41,10 @@ class FakeBackbone(torch.nn.Module):
 
 
 def _cfg(**kw) -> ExtractConfig:
-    base = {"weights": "random:0", "image_size": 16, "batch_size": 3, "workers": 2}
+    # The backbone block alone: these tests are about its runner and store; both blocks
+    # together are tested on their own below.
+    base = {"features": ("resnet50",), "weights": "random:0", "image_size": 16, "batch_size": 3,
+            "workers": 2}
     return ExtractConfig(**{**base, **kw})
 
 
@@ -157,8 +160,9 @@ def test_report_json_has_exactly_the_issue_fields(tmp_path: Path) -> None:
     _images(tmp_path / "in", 2)
     r, _ = _run([tmp_path / "in"], tmp_path / "f.h5")
     assert set(r.to_json()) == {"seen", "cached", "computed", "failed", "images_per_s",
-                                "fingerprint"}
-    assert r.fingerprint in r.summary() and "computed 2" in r.summary()
+                                "fingerprint", "fingerprints"}
+    assert r.to_json()["fingerprints"] == {"resnet50": r.fingerprint}
+    assert f"resnet50 {r.fingerprint[:12]}" in r.summary() and "computed 2" in r.summary()
 
 
 def test_worker_pickles_without_its_model_and_computes_the_same(tmp_path: Path) -> None:
@@ -169,8 +173,8 @@ def test_worker_pickles_without_its_model_and_computes_the_same(tmp_path: Path) 
     assert clone._model is None and clone._pool is None
     res2 = clone.compute(paths)
     assert res.keys == res2.keys == [content_key(p) for p in paths[:3]]
-    assert res.vectors.shape == (3, 6)
-    np.testing.assert_array_equal(res.vectors, res2.vectors)
+    assert set(res.vectors) == {"resnet50"} and res.vectors["resnet50"].shape == (3, 6)
+    np.testing.assert_array_equal(res.vectors["resnet50"], res2.vectors["resnet50"])
     assert [p for p, _ in res.failures] == [str(paths[3])]
     with pytest.raises(ImageError, match="changed while extracting"):
         worker.load(paths[0], key="0" * 64)
@@ -182,24 +186,31 @@ def test_worker_compute_and_extract_agree_on_vectors(tmp_path: Path) -> None:
     r, _ = _run(paths, tmp_path / "f.h5", cfg)
     res = ExtractWorker(cfg, backbone=FakeBackbone()).compute(paths)  # the cluster's step
     with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
-        np.testing.assert_allclose(fs.namespace(r.fingerprint).get_many(res.keys), res.vectors,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(fs.namespace(r.fingerprint).get_many(res.keys),
+                                   res.vectors["resnet50"], rtol=1e-6)
 
 
 def test_runner_is_built_from_parts() -> None:
-    written: list[tuple[list[str], tuple[int, ...]]] = []
+    written: list[tuple[str, list[str], tuple[int, ...]]] = []
+    both = frozenset({"resnet50", "stats"})
 
-    def load(path: str, key: str):
+    def load(path: str, key: str, blocks: frozenset[str]):
         if path == "bad":
             raise ImageError("bad: broken")
-        return key, np.full((2, 2, 3), int(key), np.uint8)
+        pixels = np.full((2, 2, 3), int(key), np.uint8) if "resnet50" in blocks else None
+        stats = {"stats": np.array([float(key)], np.float32)} if "stats" in blocks else {}
+        return Decoded(key, pixels, stats)
 
     runner = Runner(load, lambda b: b.reshape(len(b), -1).astype(np.float32),
-                    lambda k, v: written.append((k, v.shape)), batch_size=2, workers=2)
-    items = [("p0", "0"), ("bad", "9"), ("p1", "1"), ("p2", "2"), ("p3", "3")]
+                    lambda b, k, v: written.append((b, k, v.shape)), batch_size=2, workers=2)
+    items = [("p0", "0", both), ("bad", "9", both), ("p1", "1", frozenset({"stats"})),
+             ("p2", "2", both), ("p3", "3", frozenset({"resnet50"}))]
     failures, timings = runner.run(items)
     assert failures == [("bad", "broken")]
-    assert written == [(["0"], (1, 12)), (["1", "2"], (2, 12)), (["3"], (1, 12))]
+    # one committed write per (batch, block), each block only for the keys that lack it
+    assert written == [("resnet50", ["0"], (1, 12)), ("stats", ["0"], (1, 1)),
+                       ("resnet50", ["2"], (1, 12)), ("stats", ["1", "2"], (2, 1)),
+                       ("resnet50", ["3"], (1, 12))]
     assert set(timings) == {"decode_s", "wait_s", "model_s", "write_s"}
 
 
@@ -248,3 +259,72 @@ def test_real_resnet_end_to_end_on_odd_modes(tmp_path: Path) -> None:
     with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
         v = fs.namespace(r.fingerprint).get_many(list(r.keys.values()))
     assert v.shape == (4, 2048) and np.isfinite(v).all()
+
+
+# -- both blocks ---------------------------------------------------------------------------
+
+def test_both_blocks_fill_two_namespaces_from_one_decode(tmp_path: Path, monkeypatch) -> None:
+    """One pass fills resnet50 and imstats; each image is read and decoded once."""
+    from pipeline.extract import imstats, preprocess
+
+    imgs = _images(tmp_path / "in", 5)
+    decodes: list[str] = []
+    real = preprocess.Preprocess.decode
+
+    def counting(self, data, name="<bytes>"):
+        decodes.append(name)
+        return real(self, data, name)
+
+    monkeypatch.setattr(preprocess.Preprocess, "decode", counting)
+    cfg = _cfg(features=("resnet50", "imstats"))
+    r, fake = _run(imgs, tmp_path / "f.h5", cfg)
+    assert sorted(decodes) == sorted(str(p) for p in imgs)  # once each
+    assert set(r.fingerprints) == {"resnet50", "imstats"} and r.computed == 5
+    with FeatureStore(tmp_path / "f.h5", mode="r") as fs:
+        assert sorted(fs.fingerprints()) == sorted(r.fingerprints.values())
+        stats = fs.namespace(r.fingerprints["imstats"])
+        assert stats.dim == imstats.DIM and stats.dtype == "float32" and len(stats) == 5
+        from PIL import Image
+
+        expected = imstats.compute(Image.open(imgs[0]).convert("RGB"))
+        np.testing.assert_array_equal(stats.get(content_key(imgs[0])), expected)
+
+
+def test_adding_a_block_computes_only_that_block(tmp_path: Path) -> None:
+    """A store filled with resnet50 alone gains imstats without one more forward pass."""
+    imgs = _images(tmp_path / "in", 4)
+    store = tmp_path / "f.h5"
+    first, fake = _run(imgs, store, _cfg())
+    assert fake.rows == 4
+    again, fake2 = _run(imgs, store, _cfg(features=("resnet50", "imstats")))
+    assert fake2.rows == 0 and again.computed == 4 and again.cached == 0  # imstats only
+    assert again.fingerprints["resnet50"] == first.fingerprint
+    third, fake3 = _run(imgs, store, _cfg(features=("imstats", "resnet50")))
+    assert (third.computed, third.cached, fake3.rows) == (0, 4, 0)
+
+
+def test_imstats_alone_never_runs_the_backbone(tmp_path: Path) -> None:
+    imgs = _images(tmp_path / "in", 3)
+    r, fake = _run(imgs, tmp_path / "f.h5", _cfg(features=("imstats",)))
+    assert fake.rows == 0 and r.computed == 3 and list(r.fingerprints) == ["imstats"]
+
+
+def test_imstats_spec_is_its_own_namespace() -> None:
+    """imstats' fingerprint follows decoding (background) and its own definition, never the
+    backbone's settings; the backbone's never follows imstats'."""
+    from pipeline.extract.spec import block_fingerprints
+
+    base = block_fingerprints(_cfg(features=("resnet50", "imstats")))
+    for change in ({"image_size": 32}, {"weights": "random:1"}, {"precision": "bf16"}):
+        fps = block_fingerprints(_cfg(features=("resnet50", "imstats"), **change))
+        assert fps["imstats"] == base["imstats"] and fps["resnet50"] != base["resnet50"]
+    fps = block_fingerprints(_cfg(features=("resnet50", "imstats"), background="black"))
+    assert fps["imstats"] != base["imstats"] and fps["resnet50"] != base["resnet50"]
+
+
+@pytest.mark.parametrize("features", [(), ("resnet50", "resnet50"), ("vgg",)])
+def test_features_must_name_distinct_known_blocks(features) -> None:
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distinct"):
+        _cfg(features=features)

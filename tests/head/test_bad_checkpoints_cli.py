@@ -117,7 +117,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    s = trained_setup(tmp_path_factory.mktemp("badckpt"), n=24)
+    s = trained_setup(tmp_path_factory.mktemp("badckpt"), n=24, features=("resnet50",))
     s["image"] = sorted((s["root"] / "images").glob("*.png"))[0]
     return s
 

@@ -55,8 +55,9 @@ def test_round_trip_identical_predictions(tmp_path):
     got = NumpyHead(ckpt.numpy_head)(x.numpy())
     assert np.abs(got - head(x)[:, 0].detach().numpy()).max() < 1e-5
     meta = ckpt.meta
-    assert meta["format"] == FORMAT and ckpt.fingerprint == FP
-    assert meta["feature_spec"] == SPEC and meta["train_config"] == {"epochs": 3}
+    assert meta["format"] == FORMAT and ckpt.fingerprints == {"resnet50": FP}
+    assert meta["features"] == [{"block": "resnet50", "fingerprint": FP, "spec": SPEC, "dim": 64}]
+    assert meta["train_config"] == {"epochs": 3}
     assert meta["metrics"]["val"]["mae"] == 0.1
     assert {"torch", "numpy", "python"} <= set(meta["versions"]) and meta["created"]
     assert meta["label"] == LABEL_DEFINITION  # the one definition, svg_bytes included
@@ -66,10 +67,12 @@ def test_round_trip_identical_predictions(tmp_path):
 
 def test_fingerprint_mismatch_names_both(tmp_path):
     ckpt = load_checkpoint(_save(tmp_path))
-    ckpt.check_fingerprint(FP)
+    ckpt.check_fingerprints({"resnet50": FP})
     with pytest.raises(CheckpointError) as e:
-        ckpt.check_fingerprint("b" * 64, "store features.h5")
-    assert FP in str(e.value) and "b" * 64 in str(e.value)
+        ckpt.check_fingerprints({"resnet50": "b" * 64}, "store features.h5")
+    assert f"resnet50: trained on {FP[:12]}, store features.h5 has {'b' * 12}" in str(e.value)
+    with pytest.raises(CheckpointError, match="imstats: trained on none"):
+        ckpt.check_fingerprints({"resnet50": FP, "imstats": "c" * 64})
 
 
 def test_strict_and_partial_load(tmp_path):

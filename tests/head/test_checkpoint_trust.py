@@ -30,7 +30,7 @@ from tests.stage_two_fixtures import trained_setup
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A head trained on TinyBackbone features: 54 -> 64 -> 32 -> 1, BatchNorm."""
-    return trained_setup(tmp_path_factory.mktemp("trust"), n=24)
+    return trained_setup(tmp_path_factory.mktemp("trust"), n=24, features=("resnet50",))
 
 
 def _set(where: str, key: str, value):
@@ -83,8 +83,15 @@ DESCRIPTION_CASES = [
     ("dropout_nan", {"meta": _set("head_config", "dropout", math.nan)}, r"dropout"),
     ("batch_norm_str", {"meta": _set("head_config", "batch_norm", "yes")}, r"batch_norm"),
     ("head_unknown_key", {"meta": _set("head_config", "depth", 3)}, r"unknown key.*depth"),
-    ("fingerprint_bad", {"meta": _set("", "fingerprint", 5)}, r"'fingerprint' must be"),
-    ("feature_spec_bad", {"meta": _set("", "feature_spec", "x")}, r"'feature_spec'"),
+    ("fingerprint_bad", {"meta": lambda m: m["features"][0].update(fingerprint=5)},
+     r"'fingerprint' must be"),
+    ("feature_spec_bad", {"meta": lambda m: m["features"][0].update(spec="x")},
+     r"'feature_spec'"),
+    ("features_empty", {"meta": _set("", "features", [])}, r"non-empty list"),
+    ("features_dim_sum", {"meta": lambda m: m["features"][0].update(dim=53)},
+     r"add up to 53 inputs but the head takes 54"),
+    ("features_repeat", {"meta": lambda m: m["features"].append(dict(m["features"][0]))},
+     r"repeat a block"),
     ("split_broken", {"meta": _set("split", "seed", "zero")}, r"its 'split' needs"),
     ("split_nan", {"meta": _set("split", "val_fraction", math.nan)}, r"its 'split' needs"),
     ("numpy_renamed", {"tensors": lambda t: t.__setitem__("numpy/X0", t.pop("numpy/W0"))},

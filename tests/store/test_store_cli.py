@@ -74,7 +74,7 @@ def test_prune_keep_current_uses_the_extract_config(tmp_path, store_path):
     from pipeline.extract.spec import ExtractConfig, feature_spec
 
     cfg_path = tmp_path / "extract.json"
-    cfg_path.write_text(json.dumps({"weights": "random:0"}))
+    cfg_path.write_text(json.dumps({"weights": "random:0", "features": ["resnet50"]}))
     spec = feature_spec(build_config(ExtractConfig, cfg_path))
     with FeatureStore(store_path) as fs:
         fs.namespace(fingerprint(spec), spec, dim=DIM)
@@ -112,10 +112,14 @@ def test_prune_keep_current_takes_the_extract_flags(tmp_path, store_path, monkey
         fs.namespace(fingerprint(spec), spec, dim=DIM)
     # no configs/extract.json (a non-editable install): built-in defaults + the flags
     monkeypatch.setattr("pipeline.config.CONFIGS_DIR", tmp_path / "absent")
-    r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0")
+    r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0",
+            "--features", "resnet50")
     assert r.exit_code == 1 and "nothing removed" in r.output  # 224px: not this namespace
     r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0",
-            "--image-size", 32, "--json")
+            "--image-size", 32)  # both blocks by default: imstats is absent, nothing removed
+    assert r.exit_code == 1 and "imstats" in r.output and "nothing removed" in r.output
+    r = run("store", "prune", store_path, "--keep-current", "--weights", "random:0",
+            "--image-size", 32, "--features", "resnet50", "--json")
     assert r.exit_code == 0, r.output
     assert sorted(json.loads(r.output)["removed"]) == sorted([FP_A, FP_B])
     r = run("store", "prune", store_path, "--keep", FP_A[:6], "--weights", "random:0")

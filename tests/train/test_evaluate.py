@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.train.evaluate import evaluate, write_reports
-from pipeline.train.features import read_vectors
+from pipeline.train.features import read_blocks
 from pipeline.train.labels_csv import read_labels
 from pipeline.train.metrics import compute_metrics
 from store.keys import content_key
@@ -30,7 +30,7 @@ def test_evaluate_matches_torch_head(setup):
     ev = evaluate(setup["csv"], setup["store"], setup["ckpt"], cached_only=True, progress=False)
     rows = read_labels(setup["csv"])
     ckpt = load_checkpoint(setup["ckpt"])
-    x = read_vectors(setup["store"], ckpt.fingerprint, [content_key(r.path) for r in rows])
+    x = read_blocks(setup["store"], ckpt.fingerprints, [content_key(r.path) for r in rows])
     head, _ = ckpt.build_head()
     with torch.no_grad():
         expected = head(torch.from_numpy(x))[:, 0].numpy()
@@ -73,9 +73,10 @@ def test_other_extractor_settings_refused_naming_both(setup):
     from pipeline.extract.spec import feature_spec
     from store.keys import fingerprint
 
-    fp = load_checkpoint(setup["ckpt"]).fingerprint
+    fp = load_checkpoint(setup["ckpt"]).fingerprints["resnet50"]
     other = fingerprint(feature_spec(extract_cfg(image_size=64)))
-    assert fp in res.output and other in res.output
+    out = " ".join(res.output.split())
+    assert f"resnet50: {fp[:12]} vs {other[:12]}" in out
 
 
 def test_missing_images_extracted_with_checkpoint_settings(setup, tmp_path):
@@ -144,7 +145,8 @@ def test_cached_only_names_both_fingerprints_and_the_extract_flags(setup, tmp_pa
                                    "--cached-only", "--no-progress"])
     assert res.exit_code == 1
     out = " ".join(res.output.split())  # click may wrap nothing, but be safe
-    assert load_checkpoint(setup["ckpt"]).fingerprint in out and "e" * 64 in out
+    fps = load_checkpoint(setup["ckpt"]).fingerprints
+    assert all(f"{b} {fp[:12]}" in out for b, fp in fps.items()) and "e" * 12 in out
     assert f"ssimcache extract --store {other} --weights random:0 --precision fp32 " \
            "--image-size 32" in out
 
@@ -173,9 +175,11 @@ def test_nonfinite_predictions_never_reach_the_json_and_html(setup, tmp_path):
     csv.write_text("path,ssim,family\n" + "".join(f"{p},0.5,fam\n" for p in rows))
     vec = np.full((1, 54), 3e38, dtype=np.float32)
     vec[0, ::2] *= -1
+    fps = load_checkpoint(setup["ckpt"]).fingerprints
     with FeatureStore(store, mode="a") as fs:
-        fs.namespace(load_checkpoint(setup["ckpt"]).fingerprint).put_many([content_key(bad)],
-                                                                          vec)
+        fs.namespace(fps["resnet50"]).put_many([content_key(bad)], vec)
+        stats = fs.namespace(fps["imstats"])
+        stats.put_many([content_key(bad)], np.zeros((1, stats.dim)))
     out_html = tmp_path / "r.html"
     res = CliRunner().invoke(cli, ["evaluate", "--labels", str(csv), "--store", str(store),
                                    "--checkpoint", str(setup["ckpt"]), "--cached-only",

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.extract import imstats
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.train.fit import TrainConfig, run_train, split_keys, split_of, train_head
 from store.hdf5 import FeatureStore
@@ -84,7 +85,9 @@ def test_run_train_end_to_end(tmp_path):
     assert summary["train"] + summary["val"] + summary["test"] == 48
     ckpt = load_checkpoint(out)
     with FeatureStore(store, mode="r") as fs:
-        assert fs.fingerprints() == [ckpt.fingerprint]
+        assert sorted(fs.fingerprints()) == sorted(ckpt.fingerprints.values())
+    assert ckpt.block_names == ["resnet50", "imstats"]  # the default: both, in this order
+    assert ckpt.head_config.input_dim == 54 + imstats.DIM
     assert ckpt.meta["extract_config"]["weights"] == "random:0"
     assert ckpt.meta["split"]["counts"]["test"] == summary["test"]
     assert set(ckpt.meta["metrics"]) == {"val", "test"}

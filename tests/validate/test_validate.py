@@ -336,7 +336,8 @@ def _fake_loader(model_cls):
     def load(checkpoint, extract_config=None, overrides=None):
         from pipeline.extract.spec import ExtractConfig
 
-        return model_cls(), ExtractConfig(weights="random:0", image_size=32), None, "fake"
+        return (model_cls(), ExtractConfig(features=("resnet50",), weights="random:0",
+                                           image_size=32), None, "fake")
     return load
 
 
