@@ -38,8 +38,9 @@ def run_demo(labels: str | Path, out_dir: str | Path, extract_cfg: Any, train_cf
     from pipeline.extract.runner import extract
     from pipeline.score import Scorer
     from pipeline.train.evaluate import evaluate, write_reports
-    from pipeline.train.fit import run_train, split_of
+    from pipeline.train.fit import split_of
     from pipeline.train.labels_csv import read_labels
+    from pipeline.train.run import run_train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,11 @@ class Scorer:
         self.fingerprints = self.checkpoint.fingerprints  # block -> namespace, input order
         hc = self.checkpoint.head_config
         self.head = NumpyHead(self.checkpoint.numpy_head, output=hc.output, dropout=hc.dropout)
-        self._scores = LRUCache(max_items=self.config.cache_items)  # key -> predicted SSIM
+        # The second head, log10 of the SVG's bytes (checkpoints trained with svg_bytes labels).
+        self.bytes_head = (NumpyHead(self.checkpoint.bytes_numpy, output="linear")
+                           if self.checkpoint.bytes_config is not None else None)
+        # key -> (predicted SSIM, predicted SVG bytes)
+        self._scores = LRUCache(max_items=self.config.cache_items)
         self._fs: FeatureStore | None = None
         self._ns: dict[str, Any] = {}
         self.failures: list[tuple[str, str]] = []
@@ -151,9 +155,11 @@ class Scorer:
             parts.append(np.asarray(got.vectors, dtype=np.float32))  # (n, D_block)
         return np.concatenate(parts, axis=1)
 
-    def score_keys(self, keys: Sequence[str]) -> np.ndarray:
-        """(N,) float32 predicted SSIM for content keys, input order; duplicates scored once."""
-        out = np.empty(len(keys), dtype=np.float32)
+    def predict_keys(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """((N,) predicted SSIM, (N,) predicted SVG bytes) for content keys, input order;
+        duplicates scored once, from one read of each vector. Bytes are NaN when the
+        checkpoint has no svg_bytes head."""
+        out = np.empty((len(keys), 2), dtype=np.float64)
         cache, todo = self._scores, []
         for i, k in enumerate(keys):
             v = cache.get(k)
@@ -163,17 +169,26 @@ class Scorer:
                 out[i] = v
         if todo:
             unique = list(dict.fromkeys(keys[i] for i in todo))
-            fresh: dict[str, float] = {}
+            fresh: dict[str, tuple[float, float]] = {}
             step = self.config.batch_size
             for start in range(0, len(unique), step):
                 chunk = unique[start:start + step]
-                fresh.update(zip(chunk, self.head(self._vectors(chunk)).tolist(), strict=True))
+                x = self._vectors(chunk)  # (n, D)
+                ssim = self.head(x)
+                size = (10.0 ** self.bytes_head(x).astype(np.float64)
+                        if self.bytes_head is not None else np.full(len(chunk), np.nan))
+                pairs = zip(ssim.tolist(), size.tolist(), strict=True)
+                fresh.update(zip(chunk, pairs, strict=True))
             for i in todo:
                 out[i] = fresh[keys[i]]
             for k, v in fresh.items():
                 if k not in self.bad_keys:  # a damaged row is retried, never remembered
                     cache.put(k, v)
-        return out
+        return out[:, 0].astype(np.float32), out[:, 1]
+
+    def score_keys(self, keys: Sequence[str]) -> np.ndarray:
+        """(N,) float32 predicted SSIM for content keys, input order; duplicates scored once."""
+        return self.predict_keys(keys)[0]
 
     def score_key(self, key: str) -> float:
         return float(self.score_keys([key])[0])
@@ -257,17 +272,28 @@ class Scorer:
             self._open()
         self.failures = [(str(p), str(r)) for p, r in report.failures]
 
+    def predict_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
+                      progress: bool = False
+                      ) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+        """(keys, (N,) predicted SSIM, (N,) predicted SVG bytes) per path, input order; NaN
+        where the image could not be read, its store row is damaged or its prediction is not
+        finite (each such path gets a row in `failures`)."""
+        keys = self.keys_for_paths(paths, cached_only=cached_only, progress=progress)
+        ok = [i for i, k in enumerate(keys) if k is not None]
+        ssim = np.full(len(keys), np.nan, dtype=np.float32)
+        size = np.full(len(keys), np.nan, dtype=np.float64)
+        if ok:
+            ssim[ok], size[ok] = self.predict_keys([keys[i] for i in ok])
+        damaged = [i for i in ok if keys[i] in self.bad_keys]
+        self.failures += [(str(paths[i]), self.bad_keys[keys[i]]) for i in damaged]
+        ssim[damaged] = np.nan
+        size[damaged] = np.nan
+        ok = [i for i in ok if keys[i] not in self.bad_keys]
+        self.failures += nonfinite_failures(paths, ssim, ok)
+        return [None if i in damaged else k for i, k in enumerate(keys)], ssim, size
+
     def score_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
                     progress: bool = False) -> np.ndarray:
         """(N,) predicted SSIM per path, input order; NaN where the image could not be read or
         its prediction is not finite (each such path gets a row in `failures`)."""
-        keys = self.keys_for_paths(paths, cached_only=cached_only, progress=progress)
-        ok = [i for i, k in enumerate(keys) if k is not None]
-        out = np.full(len(keys), np.nan, dtype=np.float32)
-        if ok:
-            out[ok] = self.score_keys([keys[i] for i in ok])
-        damaged = [i for i in ok if keys[i] in self.bad_keys]
-        self.failures += [(str(paths[i]), self.bad_keys[keys[i]]) for i in damaged]
-        ok = [i for i in ok if keys[i] not in self.bad_keys]
-        self.failures += nonfinite_failures(paths, out, ok)
-        return out
+        return self.predict_paths(paths, cached_only=cached_only, progress=progress)[1]

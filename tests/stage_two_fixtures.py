@@ -60,14 +60,17 @@ def small_train_cfg(**overrides):
     return TrainConfig(**values)
 
 
-def trained_setup(root: Path, n: int = 40, **extract: object) -> dict[str, Path]:
-    """Dataset + store + checkpoint trained on TinyBackbone features (a few seconds); the
-    default blocks (resnet50 + imstats) unless `features=` says otherwise."""
-    from pipeline.train.fit import run_train
+def trained_setup(root: Path, n: int = 40,
+                  features: tuple[str, ...] = ("resnet50", "imstats"),
+                  **extract: object) -> dict[str, Path]:
+    """Dataset + store + checkpoint trained on TinyBackbone features and image statistics (a
+    few seconds), or on the blocks `features` names."""
+    from pipeline.train.run import run_train
 
     csv = make_dataset(root, n=n)
     store = root / "features.h5"
     ckpt = root / "head.safetensors"
-    run_train(str(csv), str(store), extract_cfg(**extract), small_train_cfg(epochs=30),
-              str(ckpt), progress=False, backbone=TinyBackbone())
+    run_train(str(csv), str(store), extract_cfg(**extract),
+              small_train_cfg(epochs=30, features=features), str(ckpt), progress=False,
+              backbone=TinyBackbone())
     return {"csv": csv, "store": store, "ckpt": ckpt, "root": root}

@@ -102,17 +102,20 @@ def test_cli_csv_json_and_uncertainty(setup):
     res = _cli(*base, "--format", "csv")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO(res.output)))
-    assert list(rows[0]) == ["path", "key", "predicted_ssim"]
+    assert list(rows[0]) == ["path", "key", "predicted_ssim", "predicted_svg_bytes"]
+    assert all(r["predicted_svg_bytes"] == "" for r in rows)  # this head has no bytes head
     assert [r["path"] for r in rows] == imgs
     assert rows[0]["key"] == content_key(imgs[0])
     res = _cli(*base, "--format", "json", "--uncertainty", "8")
     data = json.loads(res.output)
-    assert list(data[0]) == ["path", "key", "predicted_ssim", "mean", "std", "low", "high"]
+    assert list(data[0]) == ["path", "key", "predicted_ssim", "predicted_svg_bytes", "mean",
+                             "std", "low", "high"]
     assert all(d["std"] > 0 and d["low"] <= d["mean"] <= d["high"] for d in data)
     again = json.loads(_cli(*base, "--format", "json", "--uncertainty", "8").output)
     assert again == data, "seeded MC dropout is reproducible"
     res = _cli(*base, "--format", "csv", "--uncertainty", "4")
-    assert res.output.splitlines()[0] == "path,key,predicted_ssim,mean,std,low,high"
+    assert res.output.splitlines()[0] == \
+        "path,key,predicted_ssim,predicted_svg_bytes,mean,std,low,high"
     table = _cli(*base)
     assert table.exit_code == 0 and "predicted_ssim" in table.output
     table = _cli(*base, "--uncertainty", "4")

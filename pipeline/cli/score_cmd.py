@@ -17,15 +17,18 @@ from pipeline.cli.params import SEED, UNCERTAINTY
 UNC_COLS = ("mean", "std", "low", "high")
 
 
-def _rows(paths: list[Path], keys: list[str | None], pred: Any,
+def _rows(paths: list[Path], keys: list[str | None], pred: Any, size: Any,
           unc: dict[str, Any] | None) -> list[dict[str, Any]]:
     rows = []
     for i, (p, k) in enumerate(zip(paths, keys, strict=True)):
         value = float(pred[i])
         # A non-finite value is a failure row (its reason goes to stderr), never NaN in JSON.
         ok = math.isfinite(value)
+        nbytes = float(size[i])
         row: dict[str, Any] = {"path": str(p), "key": k,
-                               "predicted_ssim": value if ok else None}
+                               "predicted_ssim": value if ok else None,
+                               "predicted_svg_bytes": round(nbytes) if ok and
+                               math.isfinite(nbytes) else None}
         if unc is not None:
             for name in UNC_COLS:
                 v = float(unc[name][i])
@@ -41,7 +44,8 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str | by
     from pipeline.atomic import ENCODING, PATH_ERRORS, csv_line
     from pipeline.images.inputs import display_path
 
-    cols = ["path", "key", "predicted_ssim"] + (list(UNC_COLS) if uncertainty else [])
+    cols = ["path", "key", "predicted_ssim", "predicted_svg_bytes"] + (
+        list(UNC_COLS) if uncertainty else [])
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
@@ -51,12 +55,13 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str | by
         return "".join(lines).rstrip("\n").encode(ENCODING, PATH_ERRORS)
     rows = [{**r, "path": display_path(r["path"])} for r in rows]
     width = max([len("path"), *(len(r["path"]) for r in rows)])
-    head = f"{'path':<{width}}  {'predicted_ssim':>14}" + (
+    head = f"{'path':<{width}}  {'predicted_ssim':>14}  {'svg_bytes':>10}" + (
         f"  {'mc_mean':>8}  {'std':>8}  {'90% interval':>17}" if uncertainty else "")
     lines = [head]
     for r in rows:
         v = "failed" if r["predicted_ssim"] is None else f"{r['predicted_ssim']:.4f}"
-        line = f"{r['path']:<{width}}  {v:>14}"
+        b = "-" if r["predicted_svg_bytes"] is None else f"{r['predicted_svg_bytes']:,}"
+        line = f"{r['path']:<{width}}  {v:>14}  {b:>10}"
         if uncertainty and r["predicted_ssim"] is not None:
             line += (f"  {r['mean']:>8.4f}  {r['std']:>8.4f}  "
                      f"[{r['low']:.4f}, {r['high']:.4f}]")
@@ -80,8 +85,10 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str | by
 @click.option("--seed", type=SEED, default=None,
               help="MC-dropout seed, 0..2**64-1 [default: 0 / config]")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim "
-                                      "(+ mean,std,low,high with --uncertainty). csv keeps each "
+              show_default=True, help="Output format; csv/json columns: path,key,predicted_ssim,"
+                                      "predicted_svg_bytes (+ mean,std,low,high with "
+                                      "--uncertainty; bytes empty if the checkpoint has no "
+                                      "svg_bytes head). csv keeps each "
                                       "name's bytes; the table escapes control characters and "
                                       "bytes that are not UTF-8 (\\r, \\xff).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -94,13 +101,14 @@ def _render(rows: list[dict[str, Any]], fmt: str, uncertainty: bool) -> str | by
 def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: bool,
           uncertainty: int | None, seed: int | None, fmt: str, config_path: str | None,
           no_progress: bool, strict: bool) -> None:
-    """Predict SSIM-after-vectorization for IMAGES (files, folders, globs, @list.txt), one row
-    per input in input order. Cached images are scored by a numpy copy of the head without
-    importing torch; images that fail to decode, or whose prediction is not finite, print as
-    failed rows with the reason on stderr (exit 1 with --strict)."""
+    """Predict SSIM-after-vectorization and the SVG's size in bytes for IMAGES (files,
+    folders, globs, @list.txt), one row per input in input order. Cached images are scored by
+    numpy copies of the heads without importing torch; images that fail to decode, or whose
+    prediction is not finite, print as failed rows with the reason on stderr (exit 1 with
+    --strict)."""
     from pipeline.config import build_config
     from pipeline.images.inputs import display_path, expand_inputs
-    from pipeline.score import ScoreConfig, Scorer, nonfinite_failures
+    from pipeline.score import ScoreConfig, Scorer
 
     cfg = build_config(ScoreConfig, config_path, {"seed": seed})
     # One row per input in input order: expand each argument on its own (folders/globs in
@@ -109,23 +117,20 @@ def score(images: tuple[str, ...], checkpoint: str, store: str, cached_only: boo
     if not cached_only:  # uncached images are extracted into it: missing folders are created
         Path(store).parent.mkdir(parents=True, exist_ok=True)
     with Scorer(store, checkpoint, cfg) as scorer:
-        keys = scorer.keys_for_paths(paths, cached_only=cached_only, progress=not no_progress)
-        ok = [i for i, k in enumerate(keys) if k is not None]
-        import numpy as np
-
-        pred = np.full(len(paths), np.nan, dtype=np.float32)
+        keys, pred, size = scorer.predict_paths(paths, cached_only=cached_only,
+                                                progress=not no_progress)
         unc = None
-        if ok:
-            ok_keys = [keys[i] for i in ok]
-            pred[ok] = scorer.score_keys(ok_keys)
-            if uncertainty:
-                part = scorer.uncertainty(ok_keys, samples=uncertainty)
-                unc = {n: np.full(len(paths), np.nan, dtype=np.float32) for n in part}
-                for n, v in part.items():
-                    unc[n][ok] = v
+        ok = [i for i, k in enumerate(keys) if k is not None]
+        if ok and uncertainty:
+            import numpy as np
+
+            part = scorer.uncertainty([keys[i] for i in ok], samples=uncertainty)
+            unc = {n: np.full(len(paths), np.nan, dtype=np.float32) for n in part}
+            for n, v in part.items():
+                unc[n][ok] = v
         # one line per failed path, even when it was given twice
-        failures = list(dict.fromkeys(scorer.failures + nonfinite_failures(paths, pred, ok)))
-    click.echo(_render(_rows(paths, keys, pred, unc), fmt, uncertainty is not None))
+        failures = list(dict.fromkeys(scorer.failures))
+    click.echo(_render(_rows(paths, keys, pred, size, unc), fmt, uncertainty is not None))
     for path, reason in failures:
         click.echo(f"failed {display_path(path)}: {display_path(reason)}", err=True)
     if failures:

@@ -27,6 +27,20 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def lofo_table(lofo: dict[str, Any]) -> str:
+    """Leave-one-family-out: one row per held-out family, then all of them pooled."""
+    lines = [f"leave-one-family-out ({', '.join(lofo['features'])}): each family scored by a "
+             "head trained without it", f"{'family':<22}{'n':>6}{'PLCC':>8}{'SRCC':>8}"
+             f"{'MAE':>8}{'bytes ±25%':>12}{'med|log10|':>12}"]
+    rows = {**lofo["families"], "ALL (pooled)": lofo["overall"]}
+    for name, m in rows.items():
+        b = m.get("svg_bytes") or {}
+        lines.append(f"{name:<22}{m['n']:>6}{_fmt(m.get('plcc')):>8}{_fmt(m.get('srcc')):>8}"
+                     f"{_fmt(m.get('mae')):>8}{_fmt(b.get('within_25pct')):>12}"
+                     f"{_fmt(b.get('median_abs_log10_ratio')):>12}")
+    return "\n".join(lines)
+
+
 @click.command("train")
 @click.option("--labels", type=click.Path(dir_okay=False), required=True,
               help="Labels CSV `path,ssim[,family]` (paths relative to its folder).")
@@ -48,7 +62,16 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=None,
               help="AdamW learning rate, finite and > 0 [default: 1e-3]")
 @extractor_options
-@features_option("The head reads them concatenated. [default: --extract-config's, else {}]")
+@features_option("The head reads them concatenated. [default: configs/train.json's, else "
+                 "imstats: measured best on unseen families with random backbone weights]")
+@click.option("--lofo", is_flag=True,
+              help="Also run the leave-one-family-out evaluation: a head per family, trained "
+                   "on all the others and scored on it (the honest figure for unseen images; "
+                   "slower: one training per family). Recorded in the checkpoint.")
+@click.option("--lofo-json", type=click.Path(dir_okay=False), default=None,
+              help="Write the leave-one-family-out metrics JSON here (implies --lofo).")
+@click.option("--lofo-html", type=click.Path(dir_okay=False), default=None,
+              help="Write the leave-one-family-out HTML report here (implies --lofo).")
 @click.option("--cached-only", is_flag=True,
               help="Do not extract: fail with the list of labelled images missing from the store.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -57,23 +80,30 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
           seed: int | None, val_fraction: float | None, test_fraction: float | None,
           lr: float | None, weights: str | None, precision: str | None,
           image_size: int | None, extract_config: str | None,
-          features: tuple[str, ...] | None, cached_only: bool, no_progress: bool,
-          as_json: bool) -> None:
-    """Train the SSIM head on cached features of the labelled images (extracting any that the
-    store lacks), with a deterministic split by content key, AdamW, a cosine schedule and early
-    stopping on validation loss. Metrics go into the checkpoint and are printed."""
+          features: tuple[str, ...] | None, lofo: bool, lofo_json: str | None,
+          lofo_html: str | None, cached_only: bool, no_progress: bool, as_json: bool) -> None:
+    """Train the heads on cached features of the labelled images (extracting any that the
+    store lacks): SSIM after vectorization, and log10 of the SVG's bytes when the labels have
+    svg_bytes. A deterministic split by content key, AdamW, a cosine schedule and early
+    stopping on validation loss; metrics go into the checkpoint and are printed."""
     from pipeline.config import build_config
     from pipeline.extract.spec import ExtractConfig
-    from pipeline.train.fit import TrainConfig, run_train
+    from pipeline.train.fit import TrainConfig
+    from pipeline.train.run import run_train
 
     cfg = build_config(TrainConfig, config_path,
                        {"epochs": epochs, "seed": seed, "val_fraction": val_fraction,
-                        "test_fraction": test_fraction, "lr": lr})
+                        "test_fraction": test_fraction, "lr": lr, "features": features})
     ecfg = build_config(ExtractConfig, extract_config or config_default("extract.json"),
-                        {"weights": weights, "precision": precision, "image_size": image_size,
-                         "features": features})
+                        {"weights": weights, "precision": precision, "image_size": image_size})
+    lofo = lofo or bool(lofo_json or lofo_html)
     summary = run_train(labels, store, ecfg, cfg, out, cached_only=cached_only,
-                        progress=not no_progress)
+                        progress=not no_progress, lofo=lofo)
+    predictions = summary.pop("lofo_predictions", None)
+    if lofo:
+        from pipeline.train.report import write_lofo_reports
+
+        write_lofo_reports(summary["metrics"]["lofo"], predictions, lofo_json, lofo_html)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -85,7 +115,9 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
                f"skipped {len(summary['skipped'])}")
     click.echo(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, val loss "
                f"{summary['best_val_loss']:.5f}, peak RSS {summary['peak_rss_mb']:.0f} MB")
-    click.echo(metrics_table(summary["metrics"]))
+    click.echo(metrics_table({k: v for k, v in summary["metrics"].items() if k != "lofo"}))
+    if lofo:
+        click.echo(lofo_table(summary["metrics"]["lofo"]))
     _echo_skipped(summary["skipped"])
 
 

@@ -66,6 +66,13 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
     if full:
         from pipeline.export.model import QualityPredictionModel, SSIMOnly
 
+        if ckpt.block_names != ["resnet50"]:
+            raise PipelineError(
+                f"--full exports the backbone and head as one graph, but checkpoint "
+                f"{checkpoint} reads the blocks {ckpt.block_names}: imstats is computed in "
+                "numpy, outside any graph. Export the head alone (drop --full) and feed it "
+                "the blocks' vectors (pipeline.extract.imstats.compute for imstats)")
+
         model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(ckpt,
                                                                            backbone=backbone))
         size = image_size or saved.image_size

@@ -1,15 +1,20 @@
-"""QualityPredictionModel: ResNet-50 backbone + SSIM head in one module (images -> SSIM)."""
+"""QualityPredictionModel: the feature blocks (ResNet-50, image statistics) and the SSIM head in
+one module (images -> SSIM)."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.extract.backbone import load_backbone
+from pipeline.extract.imstats import DIM
+from pipeline.extract.imstats import compute as compute_stats
+from pipeline.extract.spec import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
 
@@ -34,6 +39,42 @@ def resolve_weights(config: dict[str, Any]) -> str:
     return "random:0"
 
 
+class ImageStats(nn.Module):
+    """The imstats block as a module: (B, 3, S, S) normalised images -> (B, DIM) statistics,
+    computed in numpy from the de-normalised pixels, without gradient. The product computes
+    them from the decoded image at its native size; here they see the model-size image (the
+    validation suite's synthetic and resized inputs), so the size features read S x S."""
+
+    feature_dim = DIM
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        with torch.no_grad():
+            pixels = ((x.float() * self.std + self.mean) * 255.0).clamp(0, 255).round()
+            arr = pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, S, S, 3)
+        stats = np.stack([compute_stats(Image.fromarray(a)) for a in arr])  # (B, DIM)
+        return torch.from_numpy(stats).to(x.device)
+
+
+class Blocks(nn.Module):
+    """Feature blocks side by side: (B, 3, S, S) -> (B, sum of dims), in the head's order."""
+
+    def __init__(self, blocks: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleDict(blocks)
+        self.feature_dim = sum(int(getattr(m, "feature_dim", 0)) for m in blocks.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.blocks.values()], dim=1)
+
+
 class QualityPredictionModel(nn.Module):
     """Backbone (B, 3, H, W) -> (B, 2048) features -> head -> (B, 1) SSIM.
 
@@ -42,7 +83,8 @@ class QualityPredictionModel(nn.Module):
     """
 
     def __init__(self, config: dict[str, Any] | None = None,
-                 backbone: nn.Module | None = None, head: SSIMPredictor | None = None) -> None:
+                 backbone: nn.Module | None = None, head: SSIMPredictor | None = None,
+                 blocks: tuple[str, ...] = ("resnet50",)) -> None:
         super().__init__()
         config = dict(config or {})
         unknown = sorted(set(config) - KNOWN_KEYS)
@@ -51,8 +93,19 @@ class QualityPredictionModel(nn.Module):
                               f"known keys: {sorted(KNOWN_KEYS)}")
         self.config = config
         self.weights = resolve_weights(config)
-        self.feature_extractor = backbone if backbone is not None else load_backbone(
-            self.weights, freeze=bool(config.get("freeze_backbone", True)))
+        self.blocks = tuple(blocks)
+        parts: dict[str, nn.Module] = {}
+        for name in self.blocks:
+            if name == "imstats":
+                parts[name] = ImageStats()
+            elif name == "resnet50":
+                parts[name] = backbone if backbone is not None else load_backbone(
+                    self.weights, freeze=bool(config.get("freeze_backbone", True)))
+            else:
+                raise ConfigError(f"QualityPredictionModel: unknown feature block {name!r}")
+        # The seed's model is the backbone alone: keep it as the feature extractor itself.
+        self.feature_extractor = parts["resnet50"] if self.blocks == ("resnet50",) \
+            else Blocks(parts)
         self.predictor = head if head is not None else SSIMPredictor(HeadConfig(
             input_dim=int(config.get("feature_dim", 2048)),
             hidden_dims=tuple(config.get("hidden_dims", (1024, 512, 256, 128))),
@@ -73,10 +126,10 @@ class QualityPredictionModel(nn.Module):
         head, _ = ckpt.build_head(strict=True)
         weights = ckpt.meta.get("extract_config", {}).get("weights", "imagenet")
         return cls({"weights": weights, "feature_dim": ckpt.head_config.input_dim},
-                   backbone=backbone, head=head).eval()
+                   backbone=backbone, head=head, blocks=tuple(ckpt.block_names)).eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) normalised images -> ((B, 1) SSIM, (B, 2048) features)."""
+        """(B, 3, H, W) normalised images -> ((B, 1) SSIM, (B, D) features of every block)."""
         features = self.feature_extractor(x)
         return self.predictor(features), features
 

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 NAME = "imstats"
 # Bumped whenever a statistic's definition changes: it is part of the block's fingerprint.
-VERSION = 1
+VERSION = 2
 WORK_SIDE = 256      # layout statistics: the image scaled to at most this many px a side
 PATCH, GRID = 64, 4  # texture statistics: GRID x GRID native patches of PATCH px (large images)
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # SSIM's constants for 8-bit data
@@ -35,9 +35,11 @@ LAYOUT = ("log_colours_4bit", "entropy_4bit", "colours_over_1pct", "top_colour_s
           "top5_colour_share", "log_colours_6bit", "entropy_6bit", "grey_std", "grey_mean",
           "non_white_share", "channel_std", "saturation", "isolated_pixels",
           "few_same_neighbours", "boundary_pixels", "log_region_density")
+REGIONS = ("log_regions", "log_regions_kept", "log_kept_boundary_native",
+           "kept_area_share", "mean_kept_region_log_area")
 TOPOLOGY = ("foreground_share", "log_fg_components", "log_holes", "enclosed_background",
             "log_islands", "stroke_width", "soft_edge_ratio")
-FEATURES = SIZE + TEXTURE + LAYOUT + TOPOLOGY
+FEATURES = SIZE + TEXTURE + LAYOUT + REGIONS + TOPOLOGY
 DIM = len(FEATURES)
 
 
@@ -70,6 +72,7 @@ def compute(rgb: Image.Image) -> np.ndarray:
     values = [np.log(w), np.log(h), np.log(w * h), np.log(w / h)]
     values += _texture(native)
     values += _layout(work)
+    values += _regions(work, scale=max(w, h) / max(work.shape[:2]))
     values += _topology(work)
     return np.asarray(values, dtype=np.float32)
 
@@ -160,6 +163,29 @@ def _entropy(p: np.ndarray) -> float:
 def _luma(a: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) float32 luma."""
     return a.astype(np.float32) @ LUMA
+
+
+SPECKLE_AREA = 16  # VTracer drops patches under filter_speckle (4 px) squared, native pixels
+
+
+def _regions(a: np.ndarray, scale: float) -> list[float]:
+    """Same-colour regions (4 bits a channel, 4-connected) as VTracer would trace them: how
+    many, how many survive its speckle filter, and their boundary length at native scale —
+    the paths and points an SVG is made of."""
+    from skimage.measure import label
+
+    r, g_, b = (a[..., i].astype(np.int32) >> 4 for i in range(3))
+    lab = label(r << 8 | g_ << 4 | b, background=-1, connectivity=1)  # (H, W) region ids
+    areas = np.bincount(lab.ravel())[1:]
+    keep = areas >= max(1.0, SPECKLE_AREA / scale ** 2)  # the speckle area in working pixels
+    kept_id = np.concatenate([[False], keep])
+    h_edge = (lab[:, 1:] != lab[:, :-1]) & (kept_id[lab[:, 1:]] | kept_id[lab[:, :-1]])
+    v_edge = (lab[1:, :] != lab[:-1, :]) & (kept_id[lab[1:, :]] | kept_id[lab[:-1, :]])
+    boundary = (h_edge.sum() + v_edge.sum()) * scale  # in native pixels
+    n = a.shape[0] * a.shape[1]
+    return [float(np.log(len(areas))), float(np.log1p(keep.sum())), float(np.log1p(boundary)),
+            float(areas[keep].sum() / n),
+            float(np.log(areas[keep] * scale ** 2).mean()) if keep.any() else 0.0]
 
 
 def _topology(a: np.ndarray) -> list[float]:

@@ -23,11 +23,10 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
 from pipeline.head.checks import (
+    BYTES_PREFIX,
+    BYTES_TARGET,
     FIX,
     FORMAT,
-    check_description,
-    check_layout,
-    check_values,
     dtype_name,
     feature_blocks,
     parse_meta,
@@ -41,6 +40,7 @@ from pipeline.head.integrity import (
     verify_meta,
     verify_tensors,
 )
+from pipeline.head.layout import check_head_values, check_heads
 from pipeline.labels.definition import LABEL_DEFINITION
 
 if TYPE_CHECKING:  # torch stays out of the cached scoring path
@@ -59,6 +59,10 @@ class Checkpoint:
     state: dict[str, np.ndarray]
     numpy_head: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    # The second head (log10 of the SVG's bytes), when the checkpoint has one.
+    bytes_config: HeadConfig | None = None
+    bytes_state: dict[str, np.ndarray] = field(default_factory=dict)
+    bytes_numpy: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def blocks(self) -> list[dict[str, Any]]:
@@ -87,6 +91,19 @@ class Checkpoint:
                 f"({shown}): use the extractor settings recorded in the checkpoint (the default "
                 "when no --weights/--precision/--image-size/--config is given) or retrain the "
                 "head")
+
+    def build_bytes_head(self) -> SSIMPredictor | None:
+        """The torch svg_bytes head in eval mode (None when the checkpoint has none)."""
+        if self.bytes_config is None:
+            return None
+        import torch
+
+        from pipeline.head.mlp import SSIMPredictor
+
+        head = SSIMPredictor(self.bytes_config)
+        head.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                              self.bytes_state.items()})
+        return head.eval()
 
     def build_head(self, strict: bool = True) -> tuple[SSIMPredictor, dict[str, list[str]]]:
         """The torch head in eval mode, plus {"missing": [...], "unexpected": [...]} keys.
@@ -137,8 +154,12 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *,
                     extract_config: dict[str, Any] | None = None,
                     train_config: dict[str, Any] | None = None,
                     metrics: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None,
+                    bytes_head: SSIMPredictor | None = None) -> Path:
     """Write a checkpoint atomically (temp file in the same folder + os.replace).
+
+    `bytes_head` is the optional second head (linear output: log10 of the SVG's bytes) on the
+    same inputs; its tensors go under 'svg_bytes/'.
 
     `features` lists the blocks the head reads ([{"block", "fingerprint", "spec", "dim"}], in
     input order); `fingerprint` + `feature_spec` alone mean one "resnet50" block.
@@ -155,6 +176,16 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *,
     tensors = {f"head/{k}": v.detach().cpu().contiguous().numpy()
                for k, v in head.state_dict().items()}
     tensors.update({f"numpy/{k}": v for k, v in head.fold_numpy().items()})
+    targets = {}
+    if bytes_head is not None:
+        bytes_head.eval()
+        tensors.update({f"{BYTES_PREFIX}head/{k}": v.detach().cpu().contiguous().numpy()
+                        for k, v in bytes_head.state_dict().items()})
+        tensors.update({f"{BYTES_PREFIX}numpy/{k}": v
+                        for k, v in bytes_head.fold_numpy().items()})
+        targets = {"targets": {BYTES_TARGET: {
+            "head_config": json.loads(bytes_head.config.to_json()),
+            "unit": "log10 of the UTF-8 bytes of the default-parameter VTracer SVG"}}}
     meta = {
         "format": FORMAT,
         "head_config": json.loads(head.config.to_json()),
@@ -167,16 +198,14 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *,
         "metrics": metrics or {},
         "versions": versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **targets,
         **(extra or {}),
     }
     meta_text = json.dumps(_json_safe(meta), allow_nan=False)
     meta = json.loads(meta_text)
     try:
-        config = check_description(meta, path)
-        check_layout({k: (v.shape, v.dtype.name) for k, v in tensors.items()}, config, path)
-        check_values({k[5:]: v for k, v in tensors.items() if k.startswith("head/")},
-                     {k[6:]: v for k, v in tensors.items() if k.startswith("numpy/")},
-                     config, path)
+        check_heads(meta, {k: (v.shape, v.dtype.name) for k, v in tensors.items()}, path)
+        check_head_values(tensors, meta, path)
     except CheckpointError as e:  # e.g. NaN weights from a diverged run: fail now, not later
         raise CheckpointError(str(e).replace("checkpoint", "refusing to write checkpoint", 1)
                               .replace(FIX, "the head is not usable (did training diverge? "
@@ -240,13 +269,12 @@ def _load_safetensors(path: Path) -> Checkpoint:
             if record is not None:
                 verify_meta(record, header["meta"], path)
             meta = parse_meta(header["meta"], path)
-            config = check_description(meta, path)
             # Names, shapes and dtypes from the header, before any tensor is read.
             found = {}
             for k in f.keys():  # noqa: SIM118 (safe_open API)
                 sl = f.get_slice(k)
                 found[k] = (tuple(sl.get_shape()), dtype_name(sl.get_dtype()))
-            check_layout(found, config, path)
+            configs = check_heads(meta, found, path)
             arrays = {k: f.get_tensor(k) for k in found}
     except (CheckpointError, Warning):  # ours (a warning raised under -W error included)
         raise
@@ -255,8 +283,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
                               f"it may be truncated; {FIX}") from None
     if record is not None:
         verify_tensors(record, arrays, path)
-    state = {k[5:]: v for k, v in arrays.items() if k.startswith("head/")}
-    numpy_head = check_values(state, {k[6:]: v for k, v in arrays.items()
-                                      if k.startswith("numpy/")}, config, path)
-    return Checkpoint(path=path, head_config=config, state=state, numpy_head=numpy_head,
-                      meta=meta)
+    (state, numpy_head), second = check_head_values(arrays, meta, path)
+    return Checkpoint(path=path, head_config=configs[0], state=state, numpy_head=numpy_head,
+                      meta=meta, bytes_config=configs[1], bytes_state=second[0],
+                      bytes_numpy=second[1])

@@ -1,11 +1,11 @@
-"""One checked description of a checkpoint: metadata, head config, features, tensor layout, values.
+"""One checked description of a checkpoint, part one: its metadata (format, head configs,
+feature blocks, split). Part two, the tensors, is `pipeline.head.layout`.
 
 Everything that reads a checkpoint (score, evaluate, export, validate, from_checkpoint) gets its
 HeadConfig and arrays through these checks, run in `load_checkpoint` before anything is built:
 the metadata is a JSON object in the expected format; the head config has the right types and
-sane bounds; the feature description is well formed; the tensors are exactly the names, shapes
-and dtypes that config implies; every value is finite; and the numpy copy of the head equals
-the fold of the torch copy. Torch-free: cached scoring reads checkpoints without torch.
+sane bounds; the feature description is well formed. Torch-free: cached scoring reads
+checkpoints without torch.
 """
 
 from __future__ import annotations
@@ -16,19 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.head.config import HeadConfig
-from pipeline.head.numpy_head import fold_state64, head_layout
 
 FORMAT = "ssimcache-head/1"
 FIX = "restore the file from a copy or retrain the head (`ssimcache train`)"
-# The numpy copy is the float64 fold of the torch copy cast to float32: identical on one
-# machine, within a few float32 ulps across BLAS builds. A tolerance of 1e-5 relative to each
-# element (plus 1e-6 of the array's scale, for elements that cancel to ~0) leaves margin for
-# that and still catches any edit that changes a prediction.
-RTOL, ATOL_SCALE = 1e-5, 1e-6
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # safetensors dtype codes -> numpy names (the layout is checked before tensors are loaded).
 _ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
@@ -68,6 +60,40 @@ def check_description(meta: Mapping[str, Any], path: Path, *,
     _check_features(meta, config, path)
     _check_split(meta.get("split"), path)
     return config
+
+
+# The optional second head: it predicts log10 of the SVG's UTF-8 bytes from the same inputs.
+BYTES_TARGET = "svg_bytes"
+BYTES_PREFIX = f"{BYTES_TARGET}/"
+
+
+def check_bytes_head(meta: Mapping[str, Any], config: HeadConfig, path: Path
+                     ) -> HeadConfig | None:
+    """meta["targets"]["svg_bytes"]: the second head's config (linear output, the same
+    inputs as the SSIM head), or None when the checkpoint has no second head."""
+    targets = meta.get("targets")
+    if targets is None:
+        return None
+    if not isinstance(targets, dict) or set(targets) - {BYTES_TARGET}:
+        raise CheckpointError(f"checkpoint {path}: 'targets' must be an object with at most "
+                              f"'{BYTES_TARGET}', got {targets!r:.80}; {FIX}")
+    entry = targets.get(BYTES_TARGET)
+    if entry is None:
+        return None
+    second = check_head_config(entry.get("head_config") if isinstance(entry, dict) else None,
+                               path)
+    if second.input_dim != config.input_dim or second.output != "linear":
+        raise CheckpointError(f"checkpoint {path}: its {BYTES_TARGET} head must read the same "
+                              f"{config.input_dim} inputs with a linear output, got input_dim "
+                              f"{second.input_dim}, output {second.output!r}; {FIX}")
+    return second
+
+
+def split_tensors(found: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the SSIM head's entries, the svg_bytes head's entries with its prefix removed)."""
+    main = {k: v for k, v in found.items() if not k.startswith(BYTES_PREFIX)}
+    second = {k[len(BYTES_PREFIX):]: v for k, v in found.items() if k.startswith(BYTES_PREFIX)}
+    return main, second
 
 
 def check_head_config(raw: Any, path: Path) -> HeadConfig:
@@ -153,104 +179,3 @@ def _check_split(split: Any, path: Path) -> None:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def expected_layout(config: HeadConfig) -> tuple[dict[str, tuple[tuple[int, ...], str]],
-                                                 dict[str, tuple[tuple[int, ...], str]]]:
-    """({state name: (shape, dtype)}, {numpy name: (shape, dtype)}) that `config` implies."""
-    state: dict[str, tuple[tuple[int, ...], str]] = {
-        "feature_mean": ((config.input_dim,), "float32"),
-        "feature_std": ((config.input_dim,), "float32")}
-    folded: dict[str, tuple[tuple[int, ...], str]] = {}
-    layers, _ = head_layout(config.input_dim, config.hidden_dims, config.batch_norm)
-    widths = [config.input_dim, *config.hidden_dims, 1]
-    for i, (lin, bn) in enumerate(layers):
-        n_in, n_out = widths[i], widths[i + 1]
-        state[f"{lin}.weight"] = ((n_out, n_in), "float32")  # torch Linear: (out, in)
-        state[f"{lin}.bias"] = ((n_out,), "float32")
-        if bn is not None:
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                state[f"{bn}.{name}"] = ((n_out,), "float32")
-            state[f"{bn}.num_batches_tracked"] = ((), "int64")
-        folded[f"W{i}"] = ((n_in, n_out), "float32")  # numpy head: x @ W, (in, out)
-        folded[f"b{i}"] = ((n_out,), "float32")
-    return state, folded
-
-
-def check_layout(found: Mapping[str, tuple[tuple[int, ...], str]], config: HeadConfig,
-                 path: Path, *, prefixed: bool = True) -> None:
-    """Tensor names, shapes and dtypes are exactly those `config` implies (checked from the
-    header, before any tensor is read). `prefixed`: names are 'head/...' and 'numpy/...' (a
-    safetensors checkpoint); otherwise a bare torch state dict."""
-    state, folded = expected_layout(config)
-    want = ({**{f"head/{k}": v for k, v in state.items()},
-             **{f"numpy/{k}": v for k, v in folded.items()}} if prefixed else state)
-    missing, unexpected = sorted(set(want) - set(found)), sorted(set(found) - set(want))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path}: its tensors do not match its head_config (input_dim "
-            f"{config.input_dim}, hidden_dims {list(config.hidden_dims)}, batch_norm "
-            f"{config.batch_norm}): missing {missing[:6]}, unexpected {unexpected[:6]}; {FIX}")
-    for name, (shape, dtype) in want.items():
-        got_shape, got_dtype = found[name]
-        if tuple(got_shape) != shape or got_dtype != dtype:
-            raise CheckpointError(
-                f"checkpoint {path}: tensor '{name}' is {got_dtype} {tuple(got_shape)}, its "
-                f"head_config implies {dtype} {shape}; {FIX}")
-
-
-def check_values(state: Mapping[str, np.ndarray], numpy_head: Mapping[str, np.ndarray] | None,
-                 config: HeadConfig, path: Path) -> dict[str, np.ndarray]:
-    """All weights finite, standardisation and BatchNorm variances usable, and the numpy copy
-    equal to the fold of the torch copy (a flipped bit in one copy would otherwise make
-    `score`/`evaluate` and `export` disagree silently). Returns the numpy head (the recomputed
-    fold when the file has no numpy copy)."""
-    arrays = {**{f"head/{k}": v for k, v in state.items()},
-              **{f"numpy/{k}": v for k, v in (numpy_head or {}).items()}}
-    for name, a in arrays.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            bad = int(np.size(a) - np.isfinite(a).sum())
-            raise CheckpointError(f"checkpoint {path}: tensor '{name}' holds {bad} NaN/Inf "
-                                  f"value(s), so every prediction would be garbage; {FIX}")
-    if not (state["feature_std"] > 0).all():
-        raise CheckpointError(f"checkpoint {path}: 'feature_std' has values <= 0 (inputs are "
-                              f"divided by it); {FIX}")
-    ref = fold_state64(state, config.input_dim, config.hidden_dims, config.batch_norm)
-    for i, (w, b) in enumerate(ref):
-        if not (np.isfinite(w).all() and np.isfinite(b).all()):
-            raise CheckpointError(f"checkpoint {path}: folding its weights gives NaN/Inf in "
-                                  f"layer {i} (a BatchNorm running_var below 0?); {FIX}")
-    if numpy_head is None:
-        return {k: v for i, (w, b) in enumerate(ref)
-                for k, v in ((f"W{i}", np.ascontiguousarray(w.T, dtype=np.float32)),
-                             (f"b{i}", b.astype(np.float32)))}
-    for i, (w, b) in enumerate(ref):
-        for name, want, got in ((f"W{i}", w.T, numpy_head[f"W{i}"]),
-                                (f"b{i}", b, numpy_head[f"b{i}"])):
-            _compare(name, want, got, path)
-    return dict(numpy_head)
-
-
-def _compare(name: str, want: np.ndarray, got: np.ndarray, path: Path) -> None:
-    """|got - want| <= RTOL |want| + ATOL_SCALE max|want| elementwise; `want` (float64) may be
-    a transposed view, so rows go in tiles (a whole strided pass costs ~3x more)."""
-    scale = float(np.abs(want).max()) if want.size else 0.0
-    bad, worst = 0, 0.0
-    tile = 32
-    for start in range(0, max(len(got), 1), tile):
-        ref = want[start:start + tile]  # (tile, out)
-        diff = got[start:start + tile] - ref
-        np.abs(diff, out=diff)
-        tol = np.abs(ref)
-        tol *= RTOL
-        tol += ATOL_SCALE * scale
-        over = diff > tol  # both finite (checked before), so NaN cannot hide here
-        if over.any():
-            bad += int(over.sum())
-            worst = max(worst, float(diff.max()))
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {path}: its two copies of the head disagree: numpy/{name} differs "
-            f"from the fold of the torch tensors in {bad} value(s) (max {worst:.3g}, scale "
-            f"{scale:.3g}); one copy is damaged, so score/evaluate and export would not "
-            f"agree; {FIX}")

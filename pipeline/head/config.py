@@ -32,7 +32,8 @@ class HeadConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     # sigmoid: (0, 1); tanh: 0.5 * (tanh + 1), the "scaled tanh" alternative, also (0, 1).
-    output: Literal["sigmoid", "tanh"] = "sigmoid"
+    # linear: the raw output, for a target that is not bounded (log10 of the SVG's bytes).
+    output: Literal["sigmoid", "tanh", "linear"] = "sigmoid"
 
     def __post_init__(self) -> None:
         dims = (self.input_dim, *self.hidden_dims)
@@ -54,8 +55,9 @@ class HeadConfig:
         if not isinstance(self.batch_norm, bool):
             raise ConfigError(f"HeadConfig: batch_norm must be true or false, got "
                               f"{self.batch_norm!r}")
-        if self.output not in ("sigmoid", "tanh"):
-            raise ConfigError(f"HeadConfig: output must be 'sigmoid' or 'tanh', got {self.output}")
+        if self.output not in ("sigmoid", "tanh", "linear"):
+            raise ConfigError(f"HeadConfig: output must be 'sigmoid', 'tanh' or 'linear', got "
+                              f"{self.output}")
 
     def parameter_count(self) -> int:
         """Trainable parameters: Linear weights + biases, BatchNorm scale + shift (plain ints,

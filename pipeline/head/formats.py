@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import CheckpointError
-from pipeline.head.checks import FIX, check_description, check_layout, check_values
+from pipeline.head.checks import FIX, check_description
 from pipeline.head.config import HeadConfig
 from pipeline.head.integrity import warn_unverified
+from pipeline.head.layout import check_layout, check_values
 
 # safetensors refuses headers above 100 MB; ours are a few KB (JSON metadata + offsets).
 MAX_HEADER = 100_000_000

@@ -59,8 +59,11 @@ class SSIMPredictor(nn.Module):
 
     def init_output_bias(self, mean_label: float) -> None:
         """Start predicting the training labels' mean: bias = inverse output activation."""
-        m = min(max(float(mean_label), 1e-4), 1 - 1e-4)
-        z = np.log(m / (1 - m)) if self.config.output == "sigmoid" else np.arctanh(2 * m - 1)
+        if self.config.output == "linear":
+            z = float(mean_label)
+        else:
+            m = min(max(float(mean_label), 1e-4), 1 - 1e-4)
+            z = np.log(m / (1 - m)) if self.config.output == "sigmoid" else np.arctanh(2 * m - 1)
         with torch.no_grad():
             self.mlp[-1].bias.fill_(float(z))
 
@@ -82,6 +85,8 @@ class SSIMPredictor(nn.Module):
         z = self.logits(features)
         if self.config.output == "tanh":
             return 0.5 * (torch.tanh(z) + 1.0)
+        if self.config.output == "linear":
+            return z
         return torch.sigmoid(z)
 
     @torch.no_grad()

@@ -15,7 +15,8 @@ NONFINITE_REASON = ("predicted SSIM is not finite (NaN/Inf): its cached feature 
 
 
 class NumpyHead:
-    """Eval-mode head: `relu(x @ W0 + b0) ... @ W_L + b_L`, then sigmoid or scaled tanh.
+    """Eval-mode head: `relu(x @ W0 + b0) ... @ W_L + b_L`, then sigmoid, scaled tanh or
+    nothing (linear).
 
     Built from `SSIMPredictor.fold_numpy()` arrays (feature standardisation and BatchNorm already
     folded into the Linears), so it matches the torch head in eval mode to float32 rounding.
@@ -35,6 +36,8 @@ class NumpyHead:
     def _activate(self, z: np.ndarray) -> np.ndarray:
         if self.output == "tanh":
             return 0.5 * (np.tanh(z) + 1.0)
+        if self.output == "linear":
+            return z
         return 1.0 / (1.0 + np.exp(-z))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

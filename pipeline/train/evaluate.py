@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.head.numpy_head import NONFINITE_REASON, NumpyHead
-from pipeline.train.metrics import metrics_report
+from pipeline.train.metrics import full_report
 from pipeline.train.report import write_html, write_json
 
 SPLITS = ("all", "train", "val", "test")
@@ -69,7 +69,11 @@ def evaluate(labels_csv: str | Path, store_path: str | Path, checkpoint: str | P
     idx, y_pred = idx[finite], y_pred[finite]
     y_true = data.y[idx]
     families = [data.families[i] for i in idx]
-    report = metrics_report(y_true, y_pred, families)
+    pred_bytes = None
+    if ckpt.bytes_config is not None:  # the second head: log10 of the SVG's bytes
+        pred_bytes = NumpyHead(ckpt.bytes_numpy, output="linear")(data.x[idx])
+    report = full_report(y_true, y_pred, families, data.sizes[idx], data.svg_bytes[idx],
+                        pred_bytes)
     if non_finite:
         report["warnings"] = [
             f"{len(non_finite)} of {len(finite)} predictions are not finite (NaN/Inf) and are "

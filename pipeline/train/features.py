@@ -28,6 +28,7 @@ class LabelledSet:
     families: list[str | None]
     blocks: list[dict[str, Any]]  # [{"block", "fingerprint", "dim"}] in x's column order
     svg_bytes: np.ndarray | None = None
+    sizes: np.ndarray | None = None  # (N,) longer side in px, for per-size metrics
     extracted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. an image labelled twice
@@ -142,4 +143,16 @@ def gather(rows: Sequence[LabelRow], store_path: str | Path, extract_cfg: Any, *
     return LabelledSet(rows=kept_rows, keys=kept_keys, x=np.concatenate(parts, axis=1),
                        y=np.array([r.ssim for r in kept_rows], dtype=np.float32),
                        families=[r.family for r in kept_rows], blocks=blocks, svg_bytes=svg,
+                       sizes=np.array([longer_side(r.path) for r in kept_rows]),
                        extracted=extracted, skipped=skipped, warnings=notes)
+
+
+def longer_side(path: str | Path) -> int:
+    """The image's longer side in px, from its header (0 if the header cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(max(im.size))
+    except Exception:  # noqa: BLE001 - it decoded for extraction; a size is only for metrics
+        return 0

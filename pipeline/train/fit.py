@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,13 +19,21 @@ from pipeline.config import MAX_SEED
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
-from pipeline.measure import peak_rss_mb
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings and the head architecture (configs/train.json, then CLI flags)."""
 
+    # Feature blocks the head reads, concatenated in this order. imstats alone by default:
+    # measured leave-one-family-out, random-weight ResNet-50 vectors add nothing and, beside
+    # the statistics, make unseen families worse (docs/stage-two.md); with ImageNet weights,
+    # measure `--features resnet50,imstats` with `train --lofo`.
+    features: tuple[str, ...] = ("imstats",)
+    # Also train the second head, log10 of the SVG's bytes, when the labels have svg_bytes.
+    svg_bytes: bool = True
+    # Its loss: L1 on log10 bytes fits the median ratio, what "within +-25 %" rewards.
+    bytes_loss: Literal["mse", "huber", "l1"] = "l1"
     epochs: int = 150
     batch_size: int = 64
     lr: float = 1e-3
@@ -39,13 +48,19 @@ class TrainConfig:
     hidden_dims: tuple[int, ...] = (1024, 512, 256, 128)
     dropout: float = 0.3
     batch_norm: bool = True
-    output: Literal["sigmoid", "tanh"] = "sigmoid"
+    output: Literal["sigmoid", "tanh", "linear"] = "sigmoid"
     # torch intra-op threads; 0 = torch's default. 1 by default: the head's matmuls are small
     # (batch 64) and a second thread mostly waits; measured ~4x faster per epoch on the shared
     # 2-core machine.
     threads: int = 1
 
     def __post_init__(self) -> None:
+        from pipeline.extract.spec import BLOCKS
+
+        if not self.features or len(set(self.features)) != len(self.features) \
+                or set(self.features) - set(BLOCKS):
+            raise ConfigError(f"features {list(self.features)}: give one or more distinct "
+                              f"blocks from {list(BLOCKS)}")
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1:
             raise ConfigError("epochs >= 1, batch_size >= 2 and patience >= 1 are required")
         # math.isfinite: NaN passes every comparison below
@@ -68,6 +83,10 @@ class TrainConfig:
     def head_config(self, input_dim: int) -> HeadConfig:
         return HeadConfig(input_dim=input_dim, hidden_dims=self.hidden_dims,
                           dropout=self.dropout, batch_norm=self.batch_norm, output=self.output)
+
+    def for_bytes(self) -> TrainConfig:
+        """The same training, for the second head: linear output, its own loss."""
+        return dataclasses.replace(self, output="linear", loss=self.bytes_loss)
 
 
 def split_of(key: str, seed: int, val_fraction: float, test_fraction: float) -> str:
@@ -184,50 +203,3 @@ def predict(head: SSIMPredictor, x: np.ndarray, batch_size: int = 4096) -> np.nd
             xb = torch.as_tensor(np.asarray(x[start:start + batch_size], dtype=np.float32))
             out.append(head(xb)[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-def run_train(labels_csv: str, store_path: str, extract_cfg: Any, cfg: TrainConfig, out: str, *,
-              cached_only: bool = False, progress: bool = True,
-              backbone: Any = None) -> dict[str, Any]:
-    """labels CSV -> vectors (extracting missing ones) -> split by key -> train -> checkpoint.
-
-    Returns a JSON-ready summary: checkpoint path, fingerprint, split sizes, best epoch,
-    val/test metrics, skipped images, peak RSS.
-    """
-    from pipeline.config import config_to_dict
-    from pipeline.extract.spec import block_specs
-    from pipeline.head.checkpoint import save_checkpoint
-    from pipeline.train.features import gather
-    from pipeline.train.labels_csv import read_labels
-    from pipeline.train.metrics import metrics_report
-
-    rows = read_labels(labels_csv)
-    data = gather(rows, store_path, extract_cfg, cached_only=cached_only, progress=progress,
-                  backbone=backbone)
-    split = split_keys(data.keys, cfg)
-    parts = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
-    result = train_head(data.x[parts["train"]], data.y[parts["train"]],
-                        data.x[parts["val"]], data.y[parts["val"]], cfg, progress=progress)
-    metrics: dict[str, Any] = {}
-    for name in ("val", "test"):
-        idx = parts[name]
-        if len(idx):
-            metrics[name] = metrics_report(data.y[idx], predict(result.head, data.x[idx]),
-                                           [data.families[i] for i in idx])
-    split_info = {"method": "sha256(seed:key) -> [test | val | train]", "seed": cfg.seed,
-                  "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
-                  "counts": {k: int(len(v)) for k, v in parts.items()}}
-    training = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                "best_val_loss": result.best_val_loss,
-                "final_train_loss": result.history[-1]["train_loss"],
-                "labels": str(labels_csv), "skipped": len(data.skipped)}
-    specs = block_specs(extract_cfg)
-    features = [{**b, "spec": specs[b["block"]]} for b in data.blocks]
-    save_checkpoint(out, result.head, features=features,
-                    extract_config=config_to_dict(extract_cfg), train_config=config_to_dict(cfg),
-                    metrics=metrics, extra={"split": split_info, "training": training})
-    fps = {b["block"]: b["fingerprint"] for b in data.blocks}
-    return {"checkpoint": str(out), "fingerprints": fps,
-            "rows": len(rows), "extracted": data.extracted, **split_info["counts"],
-            **training, "skipped": data.skipped, "metrics": metrics,
-            "peak_rss_mb": round(peak_rss_mb(), 1)}

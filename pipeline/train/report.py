@@ -110,17 +110,64 @@ def render_html(report: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray,
                   for k, v in (context or {}).items())
     ctx += "".join(f"<li><b>warning</b>: {html.escape(str(w))}</li>"
                    for w in report.get("warnings", []))
+    extra = _bytes_table(report) + _size_table(report)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
 img{{margin:1em 1em 0 0}}</style></head><body>
 <h1>{html.escape(title)}</h1><ul>{ctx}</ul>
-<table><tr>{head}</tr>{body}</table>
+<table><tr>{head}</tr>{body}</table>{extra}
 <div><img alt="predicted vs true" src="data:image/png;base64,{scatter}">
 <img alt="residual histogram" src="data:image/png;base64,{hist}"></div>
 </body></html>
 """
+
+
+def _table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c) if not isinstance(c, str) else c)}"
+                                    "</td>" for c in r) + "</tr>" for r in rows)
+    return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _bytes_table(report: dict[str, Any]) -> str:
+    """SVG size predictions: overall and per family (when the report has them)."""
+    b = report.get("svg_bytes")
+    if not b:
+        return ""
+    keys = ["n", "median_abs_log10_ratio", "within_25pct", "mean_log10_ratio"]
+    rows = [["all", *(b.get(k) for k in keys)]]
+    rows += [[f, *(m.get(k) for k in keys)] for f, m in b.get("per_family", {}).items()]
+    return _table("SVG size (predicted vs true bytes)", ["set", *keys], rows)
+
+
+def _size_table(report: dict[str, Any]) -> str:
+    """Per image-size bucket (longer side): SSIM bias, MAE, PLCC, and bytes within +-25 %."""
+    per = report.get("per_size")
+    if not per:
+        return ""
+    rows = [[b, m["n"], m.get("bias"), m.get("mae"), m.get("plcc"),
+             (m.get("svg_bytes") or {}).get("within_25pct")] for b, m in per.items()]
+    return _table("By image size (longer side, px)", ["size", "n", "bias (pred - true)", "mae",
+                                                      "plcc", "bytes within 25%"], rows)
+
+
+def write_lofo_reports(lofo: dict[str, Any], predictions: dict[str, Any] | None,
+                       json_path: str | Path | None, html_path: str | Path | None) -> list[Path]:
+    """The leave-one-family-out metrics as JSON and/or an HTML page (pooled predictions)."""
+    written = []
+    if json_path:
+        written.append(write_json(json_path, lofo))
+    if html_path and predictions:
+        report = {**lofo["overall"], "per_family": lofo["families"],
+                  "per_size": lofo.get("per_size")}
+        written.append(atomic_write_text(html_path, render_html(
+            report, np.asarray(predictions["true"]), np.asarray(predictions["ssim"]),
+            list(predictions["family"]), title="ssimcache leave-one-family-out",
+            context={"features": ", ".join(lofo["features"]), "held out": lofo["held_out"],
+                     "method": "each family predicted by a head trained on all the others"})))
+    return written
 
 
 def write_html(path: str | Path, report: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray,

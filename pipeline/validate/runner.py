@@ -114,10 +114,13 @@ def load_model(checkpoint: str | None, extract_config: str | None = None,
         ecfg = extract_config_for(ckpt.meta.get("extract_config", {}), extract_config, overrides,
                                   blocks=ckpt.block_names, source=f"checkpoint {checkpoint}")
         head, _ = ckpt.build_head(strict=True)
+        backbone = load_backbone(ecfg.weights) if "resnet50" in ckpt.block_names else None
         model = QualityPredictionModel({"weights": ecfg.weights,
                                         "feature_dim": ckpt.head_config.input_dim},
-                                       backbone=load_backbone(ecfg.weights), head=head)
-        return model.eval(), ecfg, ckpt, f"checkpoint {checkpoint}, weights {ecfg.weights}"
+                                       backbone=backbone, head=head,
+                                       blocks=tuple(ckpt.block_names))
+        return model.eval(), ecfg, ckpt, (f"checkpoint {checkpoint}, blocks "
+                                          f"{'+'.join(ckpt.block_names)}, weights {ecfg.weights}")
     ecfg = build_config(ExtractConfig, extract_config, overrides)
     model = QualityPredictionModel({"weights": ecfg.weights})
     return model.eval(), ecfg, None, f"untrained default head, weights {ecfg.weights}"
@@ -139,7 +142,9 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
         raise ValidateError("--store needs --labels: the architecture comparison trains heads "
                             "on the stored vectors of the labelled images")
     model, ecfg, ckpt, source = load_model(checkpoint, extract_config, overrides)
-    cfg = dataclasses.replace(cfg, image_size=ecfg.image_size)
+    # The head's input width: 2048 for the backbone alone, other widths for other blocks.
+    width = ckpt.head_config.input_dim if ckpt is not None else cfg.feature_dim
+    cfg = dataclasses.replace(cfg, image_size=ecfg.image_size, feature_dim=width)
     paths: list[Path] = expand_inputs(images) if images else []
     rows = []
     if labels is not None:

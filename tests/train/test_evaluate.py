@@ -49,7 +49,7 @@ def test_cli_writes_json_and_html(setup, tmp_path):
                                    "--cached-only", "--no-progress"])
     assert res.exit_code == 0, res.output
     report = json.loads(out_json.read_text())
-    assert list(report) == [*KEYS, "per_family"]
+    assert list(report) == [*KEYS, "per_family", "per_size"]  # no svg_bytes labels here
     assert all(list(m) == KEYS for m in report["per_family"].values())
     page = out_html.read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table" in page
@@ -116,7 +116,7 @@ def test_cli_reports_unreadable_images_on_stderr(setup, tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, [*args, "--json", "-"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)  # stdout is the JSON and nothing else
-    assert list(report) == [*KEYS, "per_family"] and report["n"] == 3
+    assert list(report) == [*KEYS, "per_family", "per_size"] and report["n"] == 3
     assert "broken0.png" in res.stderr
 
 

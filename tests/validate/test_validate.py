@@ -416,3 +416,38 @@ def test_real_resnet50_smoke():
     assert failed(report) == set(), {n: c["failures"] for n, c in report["checks"].items()}
     g = report["checks"]["gradients"]["figures"]
     assert g["params_frozen"] > 23_000_000 and g["params_trainable"] > 2_000_000
+
+
+def test_validate_a_statistics_head_checkpoint(tmp_path):
+    """A checkpoint whose head reads imstats (the default) validates: the model computes the
+    statistics from its input images, and the dimension check expects the head's width."""
+    from pipeline.cli import cli
+    from pipeline.extract import imstats
+    from tests.stage_two_fixtures import trained_setup
+
+    setup = trained_setup(tmp_path, n=24, features=("imstats",))
+    cfg = tmp_path / "validate.json"
+    cfg.write_text(json.dumps({"image_size": 32, "batch_sizes": [1, 3], "extra_sizes": [],
+                               "robust_max_images": 4, "stability_repeats": 1}))
+    res = CliRunner().invoke(cli, ["validate", "--checkpoint", str(setup["ckpt"]), "--config",
+                                   str(cfg), "--checks", "dimensions,stability,robustness",
+                                   "--labels", str(setup["csv"]), "--no-progress",
+                                   "--json", "-"])
+    assert res.exit_code in (0, 1), res.output  # a verdict, not a crash
+    report = json.loads(res.stdout)
+    assert report["checks"]["dimensions"]["status"] == "pass", report["checks"]["dimensions"]
+    assert "imstats" in report["model"]["source"]
+    assert report["model"]["params"]["total"] > 0 and imstats.DIM > 0
+
+
+def test_full_export_of_a_statistics_head_is_refused_with_directions(tmp_path):
+    from pipeline.cli import cli
+    from tests.stage_two_fixtures import trained_setup
+
+    setup = trained_setup(tmp_path, n=24, features=("imstats",))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(setup["ckpt"]), "--format",
+                                   "torchscript", "--full", "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 1 and "drop --full" in res.output
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(setup["ckpt"]), "--format",
+                                   "torchscript", "--out", str(tmp_path / "h.pt")])
+    assert res.exit_code == 0, res.output
