@@ -12,6 +12,7 @@ BENCHES: dict[str, str] = {
     "extract": "pipeline.cli.extract_cmd:bench_extract",
     "score": "pipeline.cli.score_cmd:bench_score",
     "cluster": "pipeline.cli.cluster_cmd:bench_cluster",
+    "predict": "pipeline.cli.score_cmd:bench_predict",
 }
 
 

@@ -162,3 +162,28 @@ def bench_score(n_keys: int, single: int, repeats: int, workdir: str | None, out
     click.echo(format_table(result))
     write_json(out, result)
     click.echo(f"wrote {out}")
+
+
+@click.command("predict")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path(__file__).resolve().parents[2] / "data" / "labels.csv",
+              show_default="data/labels.csv", help="Labelled images to time (their sizes and "
+              "families pick the cells).")
+@click.option("--per-cell", type=click.IntRange(1), default=3, show_default=True,
+              help="Images per (family, size) cell.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Timed runs per cell (median reported).")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench-results/predict.json",
+              show_default=True, help="JSON results file.")
+def bench_predict(labels_csv: Path, per_cell: int, repeats: int, out: str) -> None:
+    """When prediction pays: per image size (256, 512, 1024 px) and family, ms per image of
+    computing the true label (VTracer + resvg + SSIM) against first-contact prediction
+    (extract + score, model already built) and scoring a cached image; random:0 weights."""
+    from pipeline.atomic import atomic_write_text
+    from pipeline.bench.predict import format_table, run_bench
+
+    result = run_bench(labels_csv, per_cell=per_cell, repeats=repeats,
+                       log=lambda s: click.echo(s, err=True))
+    atomic_write_text(out, json.dumps(result, indent=2))
+    click.echo(format_table(result))
+    click.echo(f"wrote {out}")
