@@ -231,3 +231,30 @@ def test_strict_fails_on_unreadable_images(setup, tmp_path):
     res = _cli("score", good, str(tmp_path / "gone.png"), "--checkpoint", str(setup["ckpt"]),
                "--store", str(setup["store"]), "--cached-only", "--strict")
     assert res.exit_code == 1 and "file not found" in res.stderr
+
+
+def test_score_prints_predicted_svg_bytes_from_the_second_head(tmp_path):
+    """A head trained on labels with svg_bytes: score's csv/json carry a positive integer size,
+    the same the numpy bytes head gives for the cached vector."""
+    from pipeline.head.numpy_head import NumpyHead
+    from pipeline.train.run import run_train
+    from tests.stage_two_fixtures import extract_cfg, small_train_cfg
+
+    csv_path = make_dataset(tmp_path, n=30)
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("path,ssim,svg_bytes,family\n" + "".join(
+        f"{p},{s},{int(3000 + 9000 * (1 - float(s)))},{f}\n"
+        for p, s, f in (ln.split(",") for ln in lines[1:])))
+    ckpt_path = tmp_path / "h.safetensors"
+    run_train(str(csv_path), str(tmp_path / "f.h5"), extract_cfg(), small_train_cfg(epochs=10),
+              str(ckpt_path), progress=False)
+    img = sorted((tmp_path / "images").glob("*.png"))[0]
+    res = _cli("score", str(img), "--checkpoint", str(ckpt_path), "--store",
+               str(tmp_path / "f.h5"), "--cached-only", "--format", "json")
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)[0]
+    ckpt = load_checkpoint(ckpt_path)
+    x = read_blocks(tmp_path / "f.h5", ckpt.fingerprints, [content_key(img)])
+    want = 10 ** float(NumpyHead(ckpt.bytes_numpy, output="linear")(x)[0])
+    assert isinstance(row["predicted_svg_bytes"], int) and row["predicted_svg_bytes"] > 0
+    assert row["predicted_svg_bytes"] == round(want)
