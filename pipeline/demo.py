@@ -78,7 +78,7 @@ def run_demo(labels: str | Path, out_dir: str | Path, extract_cfg: Any, train_cf
             seen.add(r.family)
     picked += [r for r in test_rows if r not in picked][:n_score - len(picked)]
     with Scorer(store, ckpt) as scorer:
-        scores = scorer.score_paths([r.path for r in picked], cached_only=True)
+        _, scores, sizes = scorer.predict_paths([r.path for r in picked], cached_only=True)
     times["score_s"] = time.perf_counter() - t
 
     return {
@@ -89,8 +89,11 @@ def run_demo(labels: str | Path, out_dir: str | Path, extract_cfg: Any, train_cf
         "train": {k: trained[k] for k in ("train", "val", "test", "best_epoch", "epochs_run",
                                           "best_val_loss", "peak_rss_mb")},
         "test_metrics": ev.report,
+        "blocks": {"extracted": list(report.fingerprints), "head": list(train_cfg.features)},
         "scored": [{"path": str(r.path), "family": r.family, "true_ssim": r.ssim,
-                    "predicted_ssim": float(s)} for r, s in zip(picked, scores, strict=True)],
+                    "predicted_ssim": float(s), "true_svg_bytes": r.svg_bytes,
+                    "predicted_svg_bytes": None if b != b else round(float(b))}
+                   for r, s, b in zip(picked, scores, sizes, strict=True)],
         "times": times,
         "outputs": {"store": str(store), "checkpoint": str(ckpt), "json": str(json_path),
                     "html": str(html_path)},

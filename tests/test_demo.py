@@ -13,6 +13,10 @@ from tests.stage_two_fixtures import make_dataset
 def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("SSIMCACHE_OFFLINE", "1")  # imagenet must not be fetched: fall back
     csv = make_dataset(tmp_path / "data", n=40)
+    lines = csv.read_text().splitlines()  # both targets: give the labels an svg_bytes column
+    csv.write_text("path,ssim,svg_bytes,family\n" + "".join(
+        f"{p},{s},{int(2000 + 20000 * (1 - float(s)))},{f}\n"
+        for p, s, f in (ln.split(",") for ln in lines[1:])))
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["demo", "--labels", str(csv), "--out-dir", str(out),
                                    "--image-size", "64", "--epochs", "3", "--no-progress",
@@ -24,6 +28,8 @@ def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch):
     assert s["test_metrics"]["n"] == s["train"]["test"] > 0
     assert 0 < len(s["scored"]) <= 5
     assert all(0 < r["predicted_ssim"] < 1 for r in s["scored"]), s["scored"]
+    assert all(r["predicted_svg_bytes"] > 0 and r["true_svg_bytes"] > 0 for r in s["scored"])
+    assert "svg_bytes" in s["test_metrics"] and s["blocks"]["head"] == ["imstats"]
     for path in s["outputs"].values():
         assert (out / path.split("/")[-1]).is_file()
     # a rerun reuses the store: nothing recomputed
@@ -32,3 +38,4 @@ def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch):
                                      "--epochs", "2", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert "0 computed, 40 cached" in again.stdout and "total" in again.stdout
+    assert "SVG bytes: within" in again.stdout and "SVG true" in again.stdout

@@ -51,6 +51,8 @@ def demo(labels: str, out_dir: str, weights: str | None, precision: str | None,
     click.echo("")
     click.echo(f"ssimcache demo — weights {s['weights']}, {s['precision']}, "
                f"{s['image_size']}px")
+    click.echo(f"  blocks    extracted {'+'.join(s['blocks']['extracted'])}, head reads "
+               f"{'+'.join(s['blocks']['head'])}")
     click.echo(f"  extract   {e['computed']} computed, {e['cached']} cached, {e['failed']} "
                f"failed ({e['images_per_s']:.1f} img/s)   {s['times']['extract_s']:6.1f} s")
     click.echo(f"  train     {tr['train']}/{tr['val']}/{tr['test']} train/val/test, best epoch "
@@ -58,11 +60,19 @@ def demo(labels: str, out_dir: str, weights: str | None, precision: str | None,
     click.echo(f"  evaluate  test n={m['n']}: MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  "
                f"PLCC {m['plcc'] or 0:.3f}  SRCC {m['srcc'] or 0:.3f}  R² {m['r2'] or 0:.3f}  "
                f"within 0.05 {m['within_0.05']:.2f}   {s['times']['evaluate_s']:6.1f} s")
+    b = m.get("svg_bytes")
+    if b:
+        click.echo(f"            SVG bytes: within ±25 % {b['within_25pct']:.2f}, median "
+                   f"|log10 ratio| {b['median_abs_log10_ratio']:.3f}")
     click.echo(f"  score     {len(s['scored'])} test images (numpy head, no torch)"
                f"{'':21}{s['times']['score_s']:6.1f} s")
     for row in s["scored"]:
-        click.echo(f"    {Path(row['path']).name:<32} {row['family'] or '':<14} true "
-                   f"{row['true_ssim']:.3f}  predicted {row['predicted_ssim']:.3f}")
+        sizes = ""
+        if row["predicted_svg_bytes"] is not None:
+            sizes = (f"   SVG true {row['true_svg_bytes'] or 0:>9,} B  predicted "
+                     f"{row['predicted_svg_bytes']:>9,} B")
+        click.echo(f"    {Path(row['path']).name:<28} {row['family'] or '':<13} SSIM true "
+                   f"{row['true_ssim']:.3f}  predicted {row['predicted_ssim']:.3f}{sizes}")
     click.echo(f"  total {s['times']['total_s']:.1f} s")
     for name, path in s["outputs"].items():
         click.echo(f"  {name:<10} {path}")
