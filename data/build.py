@@ -17,6 +17,9 @@ File names carry the source: `images/<family>/<source>_<size>.png` for a render 
 longer side <size>, `images/<family>/<source>_<size>_c<k>.jpg|png` for crop k of one photo,
 wallpaper or texture. `SOURCE_RE` below parses them back (a split that keeps one source's
 images together groups by (family, source)).
+
+`photo` also gets 60 large crops (15 each at 640, 768, 896, 1024 px) of the Plasma photographs
+from a stream of its own (`build_large_photos`); `--only photo` rebuilds just that family.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ ICON_WEIGHTS = (3, 3, 3, 3, 2.5, 1.5, 1)
 RICH_WEIGHTS = (3, 3, 3, 3, 2, 0.8, 0.5)
 PHOTO_WEIGHTS = (4, 4, 4, 3, 2, 1, 0.6)
 JPEG_QUALITY = 92
+# Large photo crops. scikit-image's photographs are at most 512-1000 px, so the drawn ladder
+# leaves `photo` almost nothing above 512 px; these extra crops come from the Plasma
+# photographs (2560x1600), a fixed number at each of four longer sides between 640 and 1024
+# (640 and 896 are off the drawn ladder), from their own random stream so the drawn crops
+# stay as they were.
+PHOTO_LARGE_SIZES = (640, 768, 896, 1024)
+PHOTO_LARGE_PER_SIZE = 15
+PHOTO_LARGE_QUALITY = JPEG_QUALITY
 
 # Skin-tone variants are near-duplicates of their base emoji; keep one variant per emoji.
 TWEMOJI_TONE = re.compile(r"1f3f[b-f]")
@@ -427,6 +438,44 @@ def build_crop_family(fam: Family, rng: np.random.Generator, deb: Path,
     return written
 
 
+def build_large_photos(rng: np.random.Generator, deb: Path, out_dir: Path) -> list[Path]:
+    """`PHOTO_LARGE_PER_SIZE` crops at each of `PHOTO_LARGE_SIZES` from the Plasma photographs:
+    the sizes shuffled, the sources taking turns in a seeded order, each crop with a drawn
+    aspect and scale (as `build_crop_family`; 2560x1600 sources never need upscaling). Crop
+    numbers continue after the drawn crops of the same source already in `out_dir`."""
+    wp = deb / "usr/share/wallpapers"
+    sources = sorted((slug(n), largest_plasma(wp / n)) for n in PLASMA_PHOTOS)
+    order = pick(rng, sources, len(sources))
+    sizes = [int(s) for s in rng.permutation(np.repeat(PHOTO_LARGE_SIZES,
+                                                       PHOTO_LARGE_PER_SIZE))]
+    next_idx: dict[str, int] = defaultdict(int)
+    for p in out_dir.iterdir():
+        m = SOURCE_RE.match(p.name)
+        if m and m["crop"] is not None:
+            next_idx[m["source"]] = max(next_idx[m["source"]], int(m["crop"]) + 1)
+    # All crops of one source in turn (one decoded 2560x1600 source at a time); the draws are
+    # made in the round-robin order, so the result does not depend on this grouping.
+    plan: dict[int, list[tuple[int, float, np.random.Generator]]] = defaultdict(list)
+    for j, longer in enumerate(sizes):
+        aspect = draw_aspect(rng)
+        plan[j % len(order)].append((longer, aspect, np.random.default_rng(rng.integers(2**63))))
+    written: list[Path] = []
+    for s_idx, crops in sorted(plan.items()):
+        name, path = order[s_idx]
+        im = open_raster(path)
+        for longer, aspect, crop_rng in crops:
+            w, h = target_size(longer, aspect)
+            if w > im.width or h > im.height:
+                raise ValueError(f"{path} {im.size} cannot give {w}x{h} without upscaling")
+            out = out_dir / f"{name}_{longer}_c{next_idx[name]}.jpg"
+            next_idx[name] += 1
+            crop_photo(im, crop_rng, w, h).save(out, format="JPEG",
+                                                quality=PHOTO_LARGE_QUALITY, optimize=True)
+            written.append(out)
+    print(f"photo: {len(written)} large crops from {len(order)} sources", file=sys.stderr)
+    return written
+
+
 # --------------------------------------------------------------------------------------------
 # Labels and summary
 
@@ -563,6 +612,9 @@ def main() -> None:
                 build_svg_family(fam, rng, args.npm, args.deb_root, out_dir)
             else:
                 build_crop_family(fam, rng, args.deb_root, out_dir)
+            if fam.name == "photo":  # the large crops: a stream of their own, after the drawn
+                build_large_photos(np.random.default_rng([args.seed, i, 1]), args.deb_root,
+                                   out_dir)
     if args.images_only:
         return
     label_all(args.out, args.workers, only)
