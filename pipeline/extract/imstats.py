@@ -6,7 +6,7 @@ Three kinds of number, each chosen for a way vectorization loses SSIM:
 - pixel-scale texture, measured on native-resolution pixels (the whole image up to 256 x 256,
   else a 4 x 4 grid of 64-px patches): gradient and local-contrast histograms, the share of
   SSIM's structure term that survives flattening or posterizing (grain, shading, noise);
-- layout, measured on the image scaled to at most 256 px: colour counts and entropy,
+- layout, measured on the image scaled to at most 128 px: colour counts and entropy,
   same-colour neighbourhoods, regions, and the foreground's topology (strokes, holes, islands).
 """
 
@@ -21,7 +21,7 @@ from scipy import ndimage
 NAME = "imstats"
 # Bumped whenever a statistic's definition changes: it is part of the block's fingerprint.
 VERSION = 2
-WORK_SIDE = 256      # layout statistics: the image scaled to at most this many px a side
+WORK_SIDE = 128      # layout statistics: the image scaled to at most this many px a side
 PATCH, GRID = 64, 4  # texture statistics: GRID x GRID native patches of PATCH px (large images)
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # SSIM's constants for 8-bit data
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's mode "L"
