@@ -1,14 +1,17 @@
-"""Atomic outputs: write beside the target, then os.replace, so nobody sees half a file."""
+"""Safe outputs: atomic writes (beside the target, then os.replace, so nobody sees half a
+file), CSV lines that round-trip any path, and JSON without NaN."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 # Text files hold paths as the file system's bytes: UTF-8, and a name that is not UTF-8 keeps
 # its own bytes (Python carries them as surrogate escapes), so a name read back from a report or
@@ -70,3 +73,15 @@ def write_failure_report(path: str | os.PathLike,
     return write_csv(path, ("path", "reason"),
                      ((os.fsdecode(p) if isinstance(p, (bytes, os.PathLike)) else str(p), reason)
                       for p, reason in failures))
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, Inf) replaced by None: JSON has no NaN, and
+    Python's json would write the invalid literal `NaN`."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, json_safe
 from pipeline.errors import CheckpointError
 from pipeline.head.checks import (
     BYTES_PREFIX,
@@ -201,7 +200,7 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *,
         **targets,
         **(extra or {}),
     }
-    meta_text = json.dumps(_json_safe(meta), allow_nan=False)
+    meta_text = json.dumps(json_safe(meta), allow_nan=False)
     meta = json.loads(meta_text)
     try:
         check_heads(meta, {k: (v.shape, v.dtype.name) for k, v in tensors.items()}, path)
@@ -214,17 +213,6 @@ def save_checkpoint(path: str | Path, head: SSIMPredictor, *,
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": meta_text,
                                                HEADER_KEY: make_record(tensors, meta_text)})
     return path
-
-
-def _json_safe(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None (JSON has no NaN/Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

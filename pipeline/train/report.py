@@ -12,20 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, json_safe
 from pipeline.train.metrics import METRIC_KEYS
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float (NaN, Inf) replaced by None: JSON has no NaN, and
-    Python's json would write the invalid literal `NaN`."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def dumps(report: dict[str, Any]) -> str:
