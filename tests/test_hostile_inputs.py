@@ -20,7 +20,6 @@ import pytest
 from pipeline.labels.definition import Label
 from pipeline.labels.writer import append_labels
 from pipeline.train.labels_csv import read_labels
-from tests.stage_two_fixtures import trained_setup
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "ssimcache"
@@ -52,7 +51,7 @@ def _csv_rows(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
+def world(tmp_path_factory, trained_setup) -> dict:
     root = tmp_path_factory.mktemp("hostile")
     s = trained_setup(root / "set", n=24)
     good = sorted((root / "set" / "images").glob("*.png"))

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from tests.head.crafted import craft, data_offset, flip_bytes, refold
-from tests.stage_two_fixtures import trained_setup
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +115,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, trained_setup):
     s = trained_setup(tmp_path_factory.mktemp("badckpt"), n=24, features=("resnet50",))
     s["image"] = sorted((s["root"] / "images").glob("*.png"))[0]
     return s
