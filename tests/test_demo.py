@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
 
 
+@pytest.mark.slow  # the whole demo, real ResNet-50
 def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch, make_dataset):
     monkeypatch.setenv("SSIMCACHE_OFFLINE", "1")  # imagenet must not be fetched: fall back
     csv = make_dataset(tmp_path / "data", n=40, svg_bytes=True)  # both targets

@@ -174,6 +174,7 @@ def test_cached_score_never_imports_torch(setup):
     assert proc.stdout.startswith("path,key,predicted_ssim")
 
 
+@pytest.mark.slow  # a benchmark, fresh processes included
 def test_bench_runs_small(tmp_path):
     from pipeline.bench.score import format_table, run_bench
 

@@ -18,6 +18,7 @@ def offline_pretrained(monkeypatch):
     monkeypatch.setenv(PRETRAINED_ENV, "random:0")
 
 
+@pytest.mark.slow  # real ResNet-50 at 224 px
 def test_day13_integration(offline_pretrained):
     """Test complete model architecture pipeline (the seed plan's test, unchanged)."""
     config = {

@@ -163,7 +163,8 @@ def test_the_good_checkpoint_passes_the_same_commands(setup, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["truncated", "huge_header_length", "nan_weights",
-                                  "torch_pickle_with_code"])
+                                  pytest.param("torch_pickle_with_code",
+                                               marks=pytest.mark.slow)])  # imports torch
 def test_console_script_prints_one_error_line_and_no_traceback(setup, tmp_path, case):
     path = CASES[case](setup["ckpt"], tmp_path / f"{case}.ckpt")
     script = Path(sys.executable).parent / "ssimcache"

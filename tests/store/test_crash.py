@@ -72,6 +72,7 @@ def check_exact(path: str, mode: str, verify: bool = True) -> int:
         return len(ns)
 
 
+@pytest.mark.slow  # 50 SIGKILLed writers
 def test_kill_9_torture_never_loses_committed_rows(tmp_path):
     path = str(tmp_path / "torture.h5")
     rng = random.Random(1234)
