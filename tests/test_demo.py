@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from tests.stage_two_fixtures import make_dataset
 
 
-def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch):
+@pytest.mark.slow  # the whole demo, real ResNet-50
+def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch, make_dataset):
     monkeypatch.setenv("SSIMCACHE_OFFLINE", "1")  # imagenet must not be fetched: fall back
-    csv = make_dataset(tmp_path / "data", n=40)
-    lines = csv.read_text().splitlines()  # both targets: give the labels an svg_bytes column
-    csv.write_text("path,ssim,svg_bytes,family\n" + "".join(
-        f"{p},{s},{int(2000 + 20000 * (1 - float(s)))},{f}\n"
-        for p, s, f in (ln.split(",") for ln in lines[1:])))
+    csv = make_dataset(tmp_path / "data", n=40, svg_bytes=True)  # both targets
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["demo", "--labels", str(csv), "--out-dir", str(out),
                                    "--image-size", "64", "--epochs", "3", "--no-progress",

@@ -20,7 +20,6 @@ import pytest
 from pipeline.labels.definition import Label
 from pipeline.labels.writer import append_labels
 from pipeline.train.labels_csv import read_labels
-from tests.stage_two_fixtures import trained_setup
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "ssimcache"
@@ -52,7 +51,7 @@ def _csv_rows(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
+def world(tmp_path_factory, trained_setup) -> dict:
     root = tmp_path_factory.mktemp("hostile")
     s = trained_setup(root / "set", n=24)
     good = sorted((root / "set" / "images").glob("*.png"))
@@ -213,22 +212,27 @@ def _bad_csv(body: bytes) -> Callable[[dict, Path], None]:
     return check
 
 
+def _slow(case: Callable[[dict, Path], None], id: str):
+    """A row that runs the console script for extract/score/evaluate/train (2-11 s here: each
+    run imports torch): left to `make test`, out of `make test-fast`."""
+    return pytest.param(case, id=id, marks=pytest.mark.slow)
+
+
 CASES = [
     pytest.param(label_twice, id="label-odd-names-and-non-files-rerun-appends-nothing"),
-    pytest.param(extract_report, id="extract-report-odd-names-loop-long-dangling-dir"),
-    pytest.param(extract_blocking, id="extract-fifo-dev-zero"),
-    pytest.param(score_csv, id="score-csv-fifo-dev-zero-odd-names"),
-    pytest.param(score_table_json, id="score-table-json-and-folder"),
-    pytest.param(evaluate_weird, id="evaluate-odd-names"),
-    pytest.param(evaluate_duplicate, id="evaluate-duplicate-labels-warned-and-averaged"),
-    pytest.param(train_weird, id="train-odd-names"),
-    pytest.param(_bad_csv(b"path,ssim\n" + b"a" * 140_000 + b".png,0.5\n"), id="csv-huge-field"),
-    pytest.param(_bad_csv("path,ssim,family\nimages/img000.png,0.5,Caf\u00e9\n"
-                          .encode("latin-1")), id="csv-latin-1"),
-    pytest.param(_bad_csv(b"path,ssim\nimages/img000.png,0.5\nimg\x00.png,0.5\n"),
-                 id="csv-nul"),
-    pytest.param(_bad_csv(b"\xef\xbb\xbfpath,ssim\r\n"), id="csv-bom-header-only"),
-    pytest.param(_bad_csv(b"path,ssim\nimages/img000.png,0_1\n"), id="csv-underscore-number"),
+    _slow(extract_report, "extract-report-odd-names-loop-long-dangling-dir"),
+    _slow(extract_blocking, "extract-fifo-dev-zero"),
+    _slow(score_csv, "score-csv-fifo-dev-zero-odd-names"),
+    _slow(score_table_json, "score-table-json-and-folder"),
+    _slow(evaluate_weird, "evaluate-odd-names"),
+    _slow(evaluate_duplicate, "evaluate-duplicate-labels-warned-and-averaged"),
+    _slow(train_weird, "train-odd-names"),
+    _slow(_bad_csv(b"path,ssim\n" + b"a" * 140_000 + b".png,0.5\n"), "csv-huge-field"),
+    _slow(_bad_csv("path,ssim,family\nimages/img000.png,0.5,Caf\u00e9\n".encode("latin-1")),
+          "csv-latin-1"),
+    _slow(_bad_csv(b"path,ssim\nimages/img000.png,0.5\nimg\x00.png,0.5\n"), "csv-nul"),
+    _slow(_bad_csv(b"\xef\xbb\xbfpath,ssim\r\n"), "csv-bom-header-only"),
+    _slow(_bad_csv(b"path,ssim\nimages/img000.png,0_1\n"), "csv-underscore-number"),
 ]
 
 

@@ -21,13 +21,12 @@ from pipeline.score import ScoreConfig, Scorer
 from pipeline.train.features import read_blocks
 from store.hdf5 import FeatureStore
 from store.keys import content_key
-from tests.stage_two_fixtures import TinyBackbone, make_dataset, trained_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, trained_setup):
     s = trained_setup(tmp_path_factory.mktemp("score"), n=24)
     s["images"] = sorted((s["root"] / "images").glob("*.png"))
     s["keys"] = [content_key(p) for p in s["images"]]
@@ -78,12 +77,13 @@ def test_unknown_key_and_foreign_store_refused(setup, tmp_path):
     assert fp in str(e.value) and "e" * 12 in str(e.value)  # what is wanted, what is held
 
 
-def test_uncached_images_are_extracted_then_scored(setup, tmp_path):
+def test_uncached_images_are_extracted_then_scored(setup, tmp_path, make_dataset,
+                                                   fake_backbone):
     make_dataset(tmp_path, n=3, seed=11)
     new = sorted((tmp_path / "images").glob("*.png"))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with Scorer(setup["store"], setup["ckpt"], backbone=TinyBackbone()) as sc:
+    with Scorer(setup["store"], setup["ckpt"], backbone=fake_backbone()) as sc:
         with pytest.raises(PipelineError, match="drop --cached-only"):
             sc.score_paths(new, cached_only=True)
         gone = tmp_path / "gone.png"
@@ -149,7 +149,7 @@ def test_uncertainty_of_a_key_does_not_depend_on_the_batch(setup):
         assert sc.uncertainty([keys[7]], samples=12, seed=1)["std"][0] != alone["std"][0]
 
 
-def test_cli_cached_only_lists_uncached(setup, tmp_path):
+def test_cli_cached_only_lists_uncached(setup, tmp_path, make_dataset):
     make_dataset(tmp_path, n=1, seed=12)
     img = tmp_path / "images" / "img000.png"
     res = _cli("score", str(img), "--checkpoint", str(setup["ckpt"]), "--store",
@@ -174,6 +174,7 @@ def test_cached_score_never_imports_torch(setup):
     assert proc.stdout.startswith("path,key,predicted_ssim")
 
 
+@pytest.mark.slow  # a benchmark, fresh processes included
 def test_bench_runs_small(tmp_path):
     from pipeline.bench.score import format_table, run_bench
 
@@ -184,7 +185,7 @@ def test_bench_runs_small(tmp_path):
     assert "fresh `ssimcache score`" in format_table(r)
 
 
-def _store_with_extreme_vector(setup, tmp_path):
+def _store_with_extreme_vector(setup, tmp_path, make_dataset):
     """A copy of the store plus one new image whose (finite, storable) vector of +-3e38
     overflows the head: its prediction is NaN."""
     import shutil
@@ -203,8 +204,8 @@ def _store_with_extreme_vector(setup, tmp_path):
     return store, img
 
 
-def test_nonfinite_prediction_is_a_failure_row_with_a_reason(setup, tmp_path):
-    store, bad = _store_with_extreme_vector(setup, tmp_path)
+def test_nonfinite_prediction_is_a_failure_row_with_a_reason(setup, tmp_path, make_dataset):
+    store, bad = _store_with_extreme_vector(setup, tmp_path, make_dataset)
     good = str(setup["images"][0])
     base = ["score", good, str(bad), "--checkpoint", str(setup["ckpt"]), "--store", str(store),
             "--cached-only"]
@@ -233,18 +234,14 @@ def test_strict_fails_on_unreadable_images(setup, tmp_path):
     assert res.exit_code == 1 and "file not found" in res.stderr
 
 
-def test_score_prints_predicted_svg_bytes_from_the_second_head(tmp_path):
+def test_score_prints_predicted_svg_bytes_from_the_second_head(tmp_path, make_dataset,
+                                                               extract_cfg, small_train_cfg):
     """A head trained on labels with svg_bytes: score's csv/json carry a positive integer size,
     the same the numpy bytes head gives for the cached vector."""
     from pipeline.head.numpy_head import NumpyHead
     from pipeline.train.run import run_train
-    from tests.stage_two_fixtures import extract_cfg, small_train_cfg
 
-    csv_path = make_dataset(tmp_path, n=30)
-    lines = csv_path.read_text().splitlines()
-    csv_path.write_text("path,ssim,svg_bytes,family\n" + "".join(
-        f"{p},{s},{int(3000 + 9000 * (1 - float(s)))},{f}\n"
-        for p, s, f in (ln.split(",") for ln in lines[1:])))
+    csv_path = make_dataset(tmp_path, n=30, svg_bytes=True)
     ckpt_path = tmp_path / "h.safetensors"
     run_train(str(csv_path), str(tmp_path / "f.h5"), extract_cfg(), small_train_cfg(epochs=10),
               str(ckpt_path), progress=False)

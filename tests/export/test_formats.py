@@ -63,6 +63,7 @@ def test_parity_failure_writes_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"], "no temp files left"
 
 
+@pytest.mark.slow  # real ResNet-50 exported and checked through onnxruntime
 def test_full_export_onnx_cli(tmp_path):
     """Real ResNet-50 (random:0 from the checkpoint) + head, small images."""
     ckpt = _ckpt(tmp_path)

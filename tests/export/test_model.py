@@ -10,7 +10,6 @@ from pipeline.export.model import PRETRAINED_ENV, QualityPredictionModel, resolv
 from pipeline.head.checkpoint import save_checkpoint
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
-from tests.stage_two_fixtures import TinyBackbone
 
 
 @pytest.fixture
@@ -19,6 +18,7 @@ def offline_pretrained(monkeypatch):
     monkeypatch.setenv(PRETRAINED_ENV, "random:0")
 
 
+@pytest.mark.slow  # real ResNet-50 at 224 px
 def test_day13_integration(offline_pretrained):
     """Test complete model architecture pipeline (the seed plan's test, unchanged)."""
     config = {
@@ -49,7 +49,7 @@ def test_day13_integration(offline_pretrained):
     assert all(p.requires_grad for p in model.predictor.parameters())
 
 
-def test_weights_resolution(monkeypatch):
+def test_weights_resolution(monkeypatch, fake_backbone):
     monkeypatch.delenv(PRETRAINED_ENV, raising=False)
     assert resolve_weights({}) == "imagenet"
     assert resolve_weights({"pretrained": False}) == "random:0"
@@ -57,16 +57,16 @@ def test_weights_resolution(monkeypatch):
     monkeypatch.setenv(PRETRAINED_ENV, "random:0")
     assert resolve_weights({"pretrained": True}) == "random:0"
     with pytest.raises(ConfigError, match="unknown config key"):
-        QualityPredictionModel({"hidden": [3]}, backbone=TinyBackbone())
+        QualityPredictionModel({"hidden": [3]}, backbone=fake_backbone())
 
 
-def test_from_checkpoint_uses_recorded_weights_and_head(tmp_path):
+def test_from_checkpoint_uses_recorded_weights_and_head(tmp_path, fake_backbone):
     torch.manual_seed(0)
     head = SSIMPredictor(HeadConfig(input_dim=54, hidden_dims=(16,))).eval()
     path = save_checkpoint(tmp_path / "c.safetensors", head, fingerprint="f" * 64,
                            feature_spec={}, extract_config={"weights": "random:3"})
-    model = QualityPredictionModel.from_checkpoint(str(path), backbone=TinyBackbone())
+    model = QualityPredictionModel.from_checkpoint(str(path), backbone=fake_backbone())
     assert model.weights == "random:3" and not model.training
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(model.predict_ssim(x), head(TinyBackbone()(x)))
+        assert torch.allclose(model.predict_ssim(x), head(fake_backbone()(x)))

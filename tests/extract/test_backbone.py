@@ -35,6 +35,7 @@ def model() -> ResNetFeatureExtractor:
     return load_backbone("random:0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("b,size", [(1, 224), (8, 64), (3, 64), (5, 96)])
 def test_output_shape(model: ResNetFeatureExtractor, b: int, size: int) -> None:
     with torch.inference_mode():
@@ -42,6 +43,7 @@ def test_output_shape(model: ResNetFeatureExtractor, b: int, size: int) -> None:
     assert y.shape == (b, FEATURE_DIM) and torch.isfinite(y).all()
 
 
+@pytest.mark.slow
 def test_batch_rows_are_independent(model: ResNetFeatureExtractor) -> None:
     # eval-mode BatchNorm: a row's vector must not depend on the other rows of its batch
     x = torch.randn(4, 3, 64, 64)
@@ -50,6 +52,7 @@ def test_batch_rows_are_independent(model: ResNetFeatureExtractor) -> None:
     torch.testing.assert_close(full[1:2], one, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_frozen_counts_and_unfreeze(model: ResNetFeatureExtractor) -> None:
     assert model.parameter_counts() == {"trainable": 0, "frozen": RESNET50_NO_FC,
                                         "total": RESNET50_NO_FC}
@@ -61,6 +64,7 @@ def test_frozen_counts_and_unfreeze(model: ResNetFeatureExtractor) -> None:
     assert m.parameter_counts()["frozen"] == 0
 
 
+@pytest.mark.slow
 def test_random_seed_is_deterministic_across_processes(model: ResNetFeatureExtractor) -> None:
     code = ("from pipeline.extract.backbone import load_backbone; m = load_backbone('random:0'); "
             "print(repr(float(sum(p.double().sum() for p in m.parameters()))))")
@@ -78,6 +82,7 @@ def test_random_seed_is_deterministic_across_processes(model: ResNetFeatureExtra
     assert torch.equal(torch.rand(1), a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_fc", [True, False])
 def test_state_dict_file_loads_and_is_fingerprinted_by_digest(tmp_path: Path,
                                                               with_fc: bool) -> None:
@@ -146,6 +151,7 @@ def test_imagenet_offline_fails_fast_naming_the_cache_path(tmp_path: Path,
                                             "name": "ResNet50_Weights.IMAGENET1K_V2"}
 
 
+@pytest.mark.slow
 def test_fused_backbone_has_no_batchnorm_and_matches_the_plain_one(model) -> None:
     fused = fuse_conv_bn(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
@@ -159,6 +165,7 @@ def test_fused_backbone_has_no_batchnorm_and_matches_the_plain_one(model) -> Non
     assert (a - b).abs().max().item() <= 1e-3 * a.abs().max().item()
 
 
+@pytest.mark.slow
 def test_extract_worker_fuses_only_what_it_builds() -> None:
     from pipeline.extract.spec import ExtractConfig
     from pipeline.extract.worker import ExtractWorker

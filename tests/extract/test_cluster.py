@@ -115,6 +115,7 @@ def test_shards_cover_work_once_in_local_batch_order() -> None:
     assert [len(ps) for _, ps, _, _ in shard(items, batch_size=4, shard_size=3)] == [3, 3, 3, 1]
 
 
+@pytest.mark.slow
 def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster) -> None:
     c, client = cluster
     cfg = _cfg()  # real ResNet-50, random:0: nothing shipped, each worker builds the same init
@@ -133,6 +134,7 @@ def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster)
     assert (again.cached, again.computed) == (N_IMAGES, 0)
 
 
+@pytest.mark.slow
 def test_dead_worker_shard_is_retried_and_nothing_written_twice(tmp_path, images, cluster,
                                                                 monkeypatch) -> None:
     c, client = cluster
@@ -190,6 +192,7 @@ def _other_versions() -> dict[str, str]:
     return {"torch": "0.1", "torchvision": "0.1", "pillow": "1.0"}
 
 
+@pytest.mark.slow
 def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) -> None:
     from pipeline.extract.backbone import load_backbone
 
@@ -210,6 +213,7 @@ def test_weights_file_is_shipped_not_read_by_workers(tmp_path, images, cluster) 
     _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
 
 
+@pytest.mark.slow
 def test_worker_with_other_versions_refuses(tmp_path, images, cluster) -> None:
     c, client = cluster
     client.run(_swap, "pipeline.extract.spec", ("library_versions",), _other_versions)
@@ -223,6 +227,7 @@ def test_worker_with_other_versions_refuses(tmp_path, images, cluster) -> None:
         assert fs.fingerprints() == []  # nothing written under the driver's namespace
 
 
+@pytest.mark.slow
 def test_cli_extract_on_dask(tmp_path, images, cluster) -> None:
     from click.testing import CliRunner
 
@@ -243,6 +248,7 @@ def test_cli_extract_on_dask(tmp_path, images, cluster) -> None:
     assert res.exit_code == 2 and "--backend dask or ray" in res.output
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, images, monkeypatch) -> None:
     pytest.importorskip("dask.distributed")
     monkeypatch.setattr("pipeline.extract.cluster.CONNECT_TIMEOUT_S", 2)
@@ -251,6 +257,7 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, images, monkeypatch) -
                            scheduler="tcp://127.0.0.1:9", progress=False)
 
 
+@pytest.mark.slow
 def test_ray_equals_local_and_survives_a_dead_worker(tmp_path, images) -> None:
     ray = pytest.importorskip("ray", reason="Ray is the optional 'ray' extra and is not installed")
     ray.init(num_cpus=2, include_dashboard=False)
@@ -299,6 +306,7 @@ def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
         assert reuse_freed_memory()
 
 
+@pytest.mark.slow
 def test_bench_cluster_runs_small_and_compares_with_local() -> None:
     pytest.importorskip("dask.distributed")
     from pipeline.bench.cluster import format_table, run_bench

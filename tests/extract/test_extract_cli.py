@@ -40,6 +40,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
+@pytest.mark.slow
 def test_summary_json_report_and_strict(tmp_path: Path) -> None:
     d = tmp_path / "in"
     _images(d, 3)
@@ -87,6 +88,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 def test_imagenet_offline_fails_fast_with_directions(tmp_path: Path) -> None:
     _images(tmp_path / "in", 1)
     # Tests never download: a reachable host is made offline with the env switch; without a
@@ -105,6 +107,7 @@ def test_imagenet_offline_fails_fast_with_directions(tmp_path: Path) -> None:
     assert "random:SEED" in res.stderr
 
 
+@pytest.mark.slow
 def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
     n = 40
     _images(tmp_path / "in", n, size=64)
@@ -157,6 +160,7 @@ def test_default_config_is_found_from_any_cwd(tmp_path: Path,
     assert res.exit_code == 0 and "configs/extract.json" in res.output
 
 
+@pytest.mark.slow
 def test_bench_extract_runs_small_and_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "extract", "--images", "3", "--repeats", "1",

@@ -245,6 +245,7 @@ def test_offline_imagenet_leaves_no_store_file(tmp_path: Path,
     assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.lock").exists()
 
 
+@pytest.mark.slow
 def test_real_resnet_end_to_end_on_odd_modes(tmp_path: Path) -> None:
     """Real ResNet-50 (random:0, 32 px input): gray, RGBA, palette and 16-bit files."""
     d = tmp_path / "in"

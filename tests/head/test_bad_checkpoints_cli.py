@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from tests.head.crafted import craft, data_offset, flip_bytes, refold
-from tests.stage_two_fixtures import trained_setup
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +115,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, trained_setup):
     s = trained_setup(tmp_path_factory.mktemp("badckpt"), n=24, features=("resnet50",))
     s["image"] = sorted((s["root"] / "images").glob("*.png"))[0]
     return s
@@ -164,7 +163,8 @@ def test_the_good_checkpoint_passes_the_same_commands(setup, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["truncated", "huge_header_length", "nan_weights",
-                                  "torch_pickle_with_code"])
+                                  pytest.param("torch_pickle_with_code",
+                                               marks=pytest.mark.slow)])  # imports torch
 def test_console_script_prints_one_error_line_and_no_traceback(setup, tmp_path, case):
     path = CASES[case](setup["ckpt"], tmp_path / f"{case}.ckpt")
     script = Path(sys.executable).parent / "ssimcache"

@@ -24,12 +24,11 @@ from tests.head.crafted import (
     read_parts,
     refold,
 )
-from tests.stage_two_fixtures import trained_setup
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A head trained on TinyBackbone features: 54 -> 64 -> 32 -> 1, BatchNorm."""
+def setup(tmp_path_factory, trained_setup):
+    """A head trained on fake-backbone features: 54 -> 64 -> 32 -> 1, BatchNorm."""
     return trained_setup(tmp_path_factory.mktemp("trust"), n=24, features=("resnet50",))
 
 

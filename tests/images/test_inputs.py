@@ -181,3 +181,24 @@ def test_list_file_from_a_pipe(tmp_path):
     finally:
         os.close(r)
     assert got == [tmp_path / "a.png"]
+
+
+def test_expand_folders_globs_lists_dedup(tmp_path: Path) -> None:
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/x.png", "a/deep/y.JPG", "a/notes.txt", "b.webp"):
+        (tmp_path / name).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# comment\nb.webp\n\na/x.png\n")
+    got = expand_inputs([tmp_path / "a", str(tmp_path / "*.webp"), f"@{lst}",
+                         tmp_path / "a" / "x.png"])
+    names = [p.relative_to(tmp_path).as_posix() for p in got]
+    # folder: image suffixes only, recursive, sorted; duplicates across forms dropped
+    assert names == ["a/deep/y.JPG", "a/x.png", "b.webp"]
+
+
+def test_expand_keeps_missing_files_but_rejects_empty_globs(tmp_path: Path) -> None:
+    assert expand_inputs([tmp_path / "gone.png"]) == [tmp_path / "gone.png"]
+    with pytest.raises(PipelineError, match="matches no file"):
+        expand_inputs([str(tmp_path / "*.png")])
+    with pytest.raises(PipelineError, match="cannot read list file"):
+        expand_inputs([f"@{tmp_path / 'nolist.txt'}"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import signal
 import subprocess
@@ -20,62 +19,37 @@ from pipeline.errors import ImageError, PipelineError
 from pipeline.labels.definition import LABEL_MODULES, label_image, label_images
 from pipeline.train.labels_csv import read_labels
 
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+# The images: 64-px squares from the shared factory (two_colour: a red square on white;
+# noise: uniform; transparent: a blue disc and a half-transparent ring on nothing).
+SIDE = 64
 
 
-def two_colour_square(size: int = 64) -> Image.Image:
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    img.paste((200, 30, 30), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-    return img
+def test_flat_two_colour_square_is_near_perfect(make_image):
+    assert label_image(make_image.bytes(SIDE, "two_colour")).ssim >= 0.99
 
 
-def noise(size: int = 64, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+def test_uniform_noise_labels_low(make_image):
+    assert label_image(make_image.bytes(SIDE, "noise")).ssim < 0.5
 
 
-def transparent_logo(size: int = 64) -> Image.Image:
-    """A blue disc with a half-transparent ring on a fully transparent background."""
-    yy, xx = np.mgrid[:size, :size]
-    r = np.hypot(yy - size / 2, xx - size / 2)
-    rgba = np.zeros((size, size, 4), dtype=np.uint8)
-    rgba[..., :3] = (20, 60, 220)
-    rgba[..., 3] = np.where(r < size / 4, 255, np.where(r < size / 3, 128, 0))
-    return Image.fromarray(rgba, "RGBA")
-
-
-def test_flat_two_colour_square_is_near_perfect():
-    assert label_image(_png(two_colour_square())).ssim >= 0.99
-
-
-def test_uniform_noise_labels_low():
-    assert label_image(_png(noise())).ssim < 0.5
-
-
-def test_transparency_is_composited_on_white():
-    rgba = transparent_logo()
+def test_transparency_is_composited_on_white(make_image):
+    rgba = make_image.image(SIDE, "transparent")
     # By hand: out = a * colour + (1 - a) * 255, per channel.
     arr = np.asarray(rgba).astype(np.float64)
     a = arr[..., 3:4] / 255.0
     flat = np.rint(arr[..., :3] * a + 255.0 * (1 - a)).astype(np.uint8)
-    by_hand = label_image(_png(Image.fromarray(flat, "RGB")))
-    assert label_image(_png(rgba)).ssim == pytest.approx(by_hand.ssim, abs=1e-9)
+    by_hand = label_image(make_image.encode(Image.fromarray(flat, "RGB")))
+    assert label_image(make_image.encode(rgba)).ssim == pytest.approx(by_hand.ssim, abs=1e-9)
     # ... and not on black: the same pixels flattened on black label differently.
     on_black = Image.new("RGB", rgba.size, (0, 0, 0))
     on_black.paste(rgba, mask=rgba.split()[3])
-    assert label_image(_png(on_black)).ssim != pytest.approx(by_hand.ssim, abs=1e-6)
+    assert label_image(make_image.encode(on_black)).ssim != pytest.approx(by_hand.ssim, abs=1e-6)
 
 
-def test_labels_deterministic_and_in_range_across_processes(tmp_path):
-    paths = []
-    for i, img in enumerate([two_colour_square(), noise(seed=1), transparent_logo()]):
-        p = tmp_path / f"img{i}.png"
-        img.save(p)
-        paths.append(p)
+def test_labels_deterministic_and_in_range_across_processes(tmp_path, make_image):
+    paths = [make_image(tmp_path / f"img{i}.png", SIDE, kind, seed)
+             for i, (kind, seed) in enumerate([("two_colour", 0), ("noise", 1),
+                                               ("transparent", 0)])]
     first = label_images(paths, workers=1)
     second = label_images(paths, workers=2)  # process pool: same values, same order
     assert not first.failures and not second.failures
@@ -84,15 +58,13 @@ def test_labels_deterministic_and_in_range_across_processes(tmp_path):
     assert all(-1.0 <= v.ssim <= 1.0 and v.svg_bytes > 0 for _, v in first.labels)
 
 
-def test_broken_missing_and_tiny_files_become_failure_rows(tmp_path):
-    good = tmp_path / "good.png"
-    two_colour_square().save(good)
+def test_broken_missing_and_tiny_files_become_failure_rows(tmp_path, make_image):
+    good = make_image(tmp_path / "good.png", SIDE, "two_colour")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage, not an image")
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:60])
-    tiny = tmp_path / "tiny.png"
-    Image.new("RGB", (4, 4), "red").save(tiny)
+    tiny = make_image(tmp_path / "tiny.png", 4, "flat", colour="red")
     missing = tmp_path / "missing.png"
     result = label_images([broken, good, truncated, tiny, missing], workers=2)
     assert [p for p, _ in result.labels] == [good]
@@ -103,18 +75,18 @@ def test_broken_missing_and_tiny_files_become_failure_rows(tmp_path):
         label_image(broken)
 
 
-def test_sixteen_bit_grey_is_scaled_not_clipped():
+def test_sixteen_bit_grey_is_scaled_not_clipped(make_image):
     ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
     img16 = Image.fromarray(ramp)
     img8 = Image.fromarray(np.rint(ramp / 257).astype(np.uint8)).convert("RGB")
-    assert label_image(_png(img16)).ssim == pytest.approx(label_image(_png(img8)).ssim, abs=1e-9)
+    assert label_image(make_image.encode(img16)).ssim == pytest.approx(
+        label_image(make_image.encode(img8)).ssim, abs=1e-9)
 
 
-def test_cli_label_appends_reports_and_resumes(tmp_path):
+def test_cli_label_appends_reports_and_resumes(tmp_path, make_image):
     imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    two_colour_square().save(imgs / "square.png")
-    transparent_logo().save(imgs / "logo.png")
+    make_image(imgs / "square.png", SIDE, "two_colour")
+    make_image(imgs / "logo.png", SIDE, "transparent")
     (imgs / "broken.png").write_bytes(b"not a png at all")
     out, report = tmp_path / "labels.csv", tmp_path / "fails.csv"
     runner = CliRunner()
@@ -159,9 +131,8 @@ def test_cli_failure_line_names_the_path_once(tmp_path):
 
 
 @pytest.mark.parametrize("module", LABEL_MODULES)
-def test_missing_labels_extra_is_one_clear_error(tmp_path, monkeypatch, module):
-    img = tmp_path / "square.png"
-    two_colour_square().save(img)
+def test_missing_labels_extra_is_one_clear_error(tmp_path, monkeypatch, module, make_image):
+    img = make_image(tmp_path / "square.png", SIDE, "two_colour")
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     out = tmp_path / "labels.csv"
     res = CliRunner().invoke(cli, ["label", str(img), "--out", str(out), "--workers", "1",
@@ -191,11 +162,10 @@ cli(sys.argv[2:], prog_name="ssimcache")
 """
 
 
-def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path):
+def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path, make_image):
     imgs = tmp_path / "imgs"
-    imgs.mkdir()
     for i in range(5):
-        noise(size=16, seed=i).save(imgs / f"n{i}.png")
+        make_image(imgs / f"n{i}.png", 16, "noise", seed=i)
     out = tmp_path / "labels.csv"
     args = ["label", str(imgs), "--out", str(out), "--workers", "1", "--no-progress"]
     kill_at = 3
@@ -218,38 +188,32 @@ def test_killed_run_keeps_finished_rows_and_rerun_labels_only_the_rest(tmp_path)
     assert rows[0].svg_bytes == label_image(imgs / "n0.png").svg_bytes
 
 
-def test_svg_bytes_is_the_utf8_size_of_the_default_vtracer_svg():
+def test_svg_bytes_is_the_utf8_size_of_the_default_vtracer_svg(make_image):
     import vtracer
 
     from pipeline.labels.definition import vectorize
 
-    img = transparent_logo()
+    img = make_image.image(SIDE, "transparent")
     flat = Image.new("RGB", img.size, "white")
     flat.paste(img, mask=img.split()[3])
-    svg = vtracer.convert_raw_image_to_svg(_png(flat), img_format="png")
-    got = label_image(_png(img))
+    svg = vtracer.convert_raw_image_to_svg(make_image.encode(flat), img_format="png")
+    got = label_image(make_image.encode(img))
     assert got.svg_bytes == len(svg.encode("utf-8")) == len(vectorize(flat).encode("utf-8"))
     # a busier image makes a heavier SVG
-    assert label_image(_png(noise())).svg_bytes > 10 * got.svg_bytes
+    assert label_image(make_image.bytes(SIDE, "noise")).svg_bytes > 10 * got.svg_bytes
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets filters
-def test_label_refuses_a_pixel_bomb_before_decoding(tmp_path):
+def test_label_refuses_a_pixel_bomb_before_decoding(tmp_path, make_image):
     """B2: `label` shares stage one's pixel guard (a small file declaring a huge canvas)."""
-    bomb = tmp_path / "bomb.png"
-    Image.new("1", (12_000, 12_000)).save(bomb)  # 144 MP, a few KB on disk
+    bomb = make_image(tmp_path / "bomb.png", 12_000, "flat", mode="1", colour=0)  # 144 MP
     assert bomb.stat().st_size < 100_000
     with pytest.raises(ImageError, match="too large"):
         label_image(bomb)
     with pytest.raises(ImageError, match="too large"):
-        label_image(two_colour_square_path(tmp_path), max_pixels=100)
+        label_image(make_image(tmp_path / "square.png", SIDE, "two_colour"), max_pixels=100)
     res = CliRunner().invoke(cli, ["label", str(bomb), "--out", str(tmp_path / "o.csv"),
                                    "--workers", "1", "--no-progress", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["failed"] == 1 and "too large" in res.stderr
 
-
-def two_colour_square_path(tmp_path: Path) -> Path:
-    p = tmp_path / "square.png"
-    two_colour_square().save(p)
-    return p

@@ -16,9 +16,16 @@ from store.keys import content_key, fingerprint
 SPEC = {"backbone": "fake", "crash": True}
 FP = fingerprint(SPEC)
 DIM = 64
-# Enough keys that a writer never runs out before it is killed (60 runs x ~15k rows at most).
-KEYS = [content_key(f"row-{i}".encode()) for i in range(1_000_000)]
-ROW_OF = {k: i for i, k in enumerate(KEYS)}
+# Enough rows that a writer never runs out before it is killed (60 runs x ~15k rows at most).
+MAX_ROWS = 1_000_000
+_KEYS: list[str] = []  # row i's key, made on first use: a test only needs the rows it writes
+
+
+def keys(lo: int, hi: int) -> list[str]:
+    """The keys of rows lo..hi-1 (the content key of "row-i"), the same in every process."""
+    if len(_KEYS) < hi:
+        _KEYS.extend(content_key(f"row-{i}".encode()) for i in range(len(_KEYS), hi))
+    return _KEYS[lo:hi]
 
 
 def expected(rows: np.ndarray) -> np.ndarray:
@@ -32,9 +39,9 @@ def writer(path: str, batch_sizes: list[int], pause: float = 0.0) -> None:
         ns = fs.namespace(FP, SPEC, dim=DIM)
         for size in batch_sizes:
             n = len(ns)
-            if n + size > len(KEYS):
+            if n + size > MAX_ROWS:
                 break
-            ns.put_many(KEYS[n:n + size], expected(np.arange(n, n + size)))
+            ns.put_many(keys(n, n + size), expected(np.arange(n, n + size)))
             if pause:
                 time.sleep(pause)
 
@@ -57,15 +64,15 @@ def check_exact(path: str, mode: str, verify: bool = True) -> int:
         if not fs.has_namespace(FP):
             return 0
         ns = fs.namespace(FP)
-        keys = ns.keys()
-        rows = np.array([ROW_OF[k] for k in keys], dtype=np.int64)
-        assert keys == KEYS[:len(keys)]  # committed rows are a prefix: nothing skipped
-        assert ns.get_many(keys).tobytes() == expected(rows).tobytes()
+        held = ns.keys()
+        assert held == keys(0, len(held))  # committed rows are a prefix: nothing skipped
+        assert ns.get_many(held).tobytes() == expected(np.arange(len(held))).tobytes()
         if verify:
             assert fs.verify() == []
         return len(ns)
 
 
+@pytest.mark.slow  # 50 SIGKILLed writers
 def test_kill_9_torture_never_loses_committed_rows(tmp_path):
     path = str(tmp_path / "torture.h5")
     rng = random.Random(1234)
@@ -115,7 +122,7 @@ def _full_disk_child(path: str, limit: int, report_fd: int) -> None:
     try:
         while True:
             n = len(ns)
-            ns.put_many(KEYS[n:n + 50], expected(np.arange(n, n + 50)))
+            ns.put_many(keys(n, n + 50), expected(np.arange(n, n + 50)))
     except StoreFullError as e:
         os.write(report_fd, f"{len(ns)}\n{e}".encode())
         fs.close()
@@ -162,7 +169,7 @@ def test_append_torn_by_a_kill_leaves_committed_rows_readable_and_is_repaired(tm
         for name in ("vectors", "keys", "checksums"):
             g[name].resize(15, axis=0)
         g["vectors"][10:15] = expected(np.arange(10, 15))
-        g["keys"][10:15] = np.frombuffer(b"".join(bytes.fromhex(k) for k in KEYS[10:15]),
+        g["keys"][10:15] = np.frombuffer(b"".join(bytes.fromhex(k) for k in keys(10, 15)),
                                          np.uint8).reshape(5, 32)
         g["checksums"][10:15] = 12345
     with h5py.File(path, "r", locking=False) as f:

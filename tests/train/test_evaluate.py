@@ -16,13 +16,12 @@ from pipeline.train.features import read_blocks
 from pipeline.train.labels_csv import read_labels
 from pipeline.train.metrics import compute_metrics
 from store.keys import content_key
-from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset, trained_setup
 
 KEYS = ["n", "mae", "rmse", "plcc", "srcc", "r2", "within_0.05", "within_0.1"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, trained_setup):
     return trained_setup(tmp_path_factory.mktemp("eval"))
 
 
@@ -65,7 +64,7 @@ def test_split_test_only(setup):
     assert json.loads(written[0].read_text())["n"] == ev.report["n"]
 
 
-def test_other_extractor_settings_refused_naming_both(setup):
+def test_other_extractor_settings_refused_naming_both(setup, extract_cfg):
     res = CliRunner().invoke(cli, ["evaluate", "--labels", str(setup["csv"]), "--store",
                                    str(setup["store"]), "--checkpoint", str(setup["ckpt"]),
                                    "--image-size", "64", "--no-progress"])
@@ -79,9 +78,10 @@ def test_other_extractor_settings_refused_naming_both(setup):
     assert f"resnet50: {fp[:12]} vs {other[:12]}" in out
 
 
-def test_missing_images_extracted_with_checkpoint_settings(setup, tmp_path):
+def test_missing_images_extracted_with_checkpoint_settings(setup, tmp_path, make_dataset,
+                                                           fake_backbone):
     csv = make_dataset(tmp_path, n=4, seed=5)
-    ev = evaluate(csv, setup["store"], setup["ckpt"], progress=False, backbone=TinyBackbone())
+    ev = evaluate(csv, setup["store"], setup["ckpt"], progress=False, backbone=fake_backbone())
     assert ev.context["extracted"] == 4 and ev.report["n"] == 4
     with pytest.raises(Exception, match="not in the store"):
         evaluate(make_dataset(tmp_path / "b", n=2, seed=6), setup["store"], setup["ckpt"],
@@ -94,7 +94,8 @@ def _eval_cli(setup, *extra: str):
                                     "--no-progress", *extra])
 
 
-def test_cli_reports_unreadable_images_on_stderr(setup, tmp_path, monkeypatch):
+def test_cli_reports_unreadable_images_on_stderr(setup, tmp_path, monkeypatch, make_dataset,
+                                                 fake_backbone):
     import functools
 
     import pipeline.train.evaluate as ev_mod
@@ -105,7 +106,7 @@ def test_cli_reports_unreadable_images_on_stderr(setup, tmp_path, monkeypatch):
     csv.write_text(csv.read_text() + "images/broken0.png,0.5,flat\nimages/broken1.png,0.5,flat\n")
     # the CLI extracts with the checkpoint's settings; the tiny backbone stands in for ResNet-50
     monkeypatch.setattr(ev_mod, "evaluate",
-                        functools.partial(ev_mod.evaluate, backbone=TinyBackbone()))
+                        functools.partial(ev_mod.evaluate, backbone=fake_backbone()))
     args = ["evaluate", "--labels", str(csv), "--store", str(setup["store"]), "--checkpoint",
             str(setup["ckpt"]), "--no-progress"]
     res = CliRunner().invoke(cli, args)
@@ -158,7 +159,7 @@ def _no_nan(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_nonfinite_predictions_never_reach_the_json_and_html(setup, tmp_path):
+def test_nonfinite_predictions_never_reach_the_json_and_html(setup, tmp_path, make_dataset):
     """A labelled image whose cached vector overflows the head (prediction NaN): left out of
     the metrics and said so; --json stays valid JSON (no NaN), --html is written."""
     import shutil

@@ -17,7 +17,6 @@ from pipeline.train.fit import TrainConfig, split_keys, split_of, train_head
 from pipeline.train.run import run_train
 from store.hdf5 import FeatureStore
 from store.keys import content_key
-from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset, small_train_cfg
 
 
 def test_split_is_deterministic_order_free_and_proportional():
@@ -43,7 +42,7 @@ def test_config_rejects_bad_values():
         build_config(TrainConfig, None, {"epochz": 3})
 
 
-def test_training_reduces_validation_loss():
+def test_training_reduces_validation_loss(small_train_cfg):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 32)).astype(np.float32)
     w = rng.normal(size=32) / 4
@@ -65,7 +64,7 @@ def test_training_reduces_validation_loss():
     assert again.best_val_loss == res.best_val_loss
 
 
-def test_early_stopping_keeps_best_epoch():
+def test_early_stopping_keeps_best_epoch(small_train_cfg):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 8)).astype(np.float32)
     y = rng.random(60).astype(np.float32)  # pure noise: val loss stops improving early
@@ -76,13 +75,14 @@ def test_early_stopping_keeps_best_epoch():
     assert res.best_val_loss == min(h["val_loss"] for h in res.history)
 
 
-def test_run_train_end_to_end(tmp_path):
+def test_run_train_end_to_end(tmp_path, make_dataset, extract_cfg, small_train_cfg,
+                              fake_backbone):
     csv = make_dataset(tmp_path, n=48)
     store = tmp_path / "f.h5"
     out = tmp_path / "head.safetensors"
     cfg = extract_cfg()
     summary = run_train(str(csv), str(store), cfg, small_train_cfg(), str(out),
-                        progress=False, backbone=TinyBackbone())
+                        progress=False, backbone=fake_backbone())
     assert summary["extracted"] == 48 and summary["rows"] == 48 and summary["skipped"] == []
     assert summary["train"] + summary["val"] + summary["test"] == 48
     ckpt = load_checkpoint(out)
@@ -97,7 +97,7 @@ def test_run_train_end_to_end(tmp_path):
     assert ckpt.meta["metrics"]["val"]["plcc"] > 0.3
     # a second run finds everything cached
     again = run_train(str(csv), str(store), cfg, small_train_cfg(epochs=2), str(out),
-                      cached_only=True, progress=False, backbone=TinyBackbone())
+                      cached_only=True, progress=False, backbone=fake_backbone())
     assert again["extracted"] == 0
     # --cached-only lists what is missing
     make_dataset(tmp_path / "more", n=3, seed=9)
@@ -114,7 +114,7 @@ def test_run_train_end_to_end(tmp_path):
     ("path,ssim\nimages/img000.png,0.5\n\nimages/gone.png,0.5\n",
      "labels.csv:4: image images/gone.png does not exist"),
 ])
-def test_cli_label_errors_name_the_line(tmp_path, body, needle):
+def test_cli_label_errors_name_the_line(tmp_path, body, needle, make_dataset):
     make_dataset(tmp_path, n=2)
     (tmp_path / "labels.csv").write_text(body)
     res = CliRunner().invoke(cli, ["train", "--labels", str(tmp_path / "labels.csv"), "--store",
@@ -124,7 +124,7 @@ def test_cli_label_errors_name_the_line(tmp_path, body, needle):
     assert "Error:" in res.output and needle in res.output
 
 
-def test_labels_csv_with_utf8_bom_is_read(tmp_path):
+def test_labels_csv_with_utf8_bom_is_read(tmp_path, make_dataset):
     from pipeline.train.labels_csv import read_labels
 
     csv = make_dataset(tmp_path, n=2)
@@ -134,7 +134,7 @@ def test_labels_csv_with_utf8_bom_is_read(tmp_path):
     assert rows[0].family == "noisy" and rows[0].line == 2
 
 
-def test_cli_train_cached_only_lists_missing(tmp_path):
+def test_cli_train_cached_only_lists_missing(tmp_path, make_dataset):
     csv = make_dataset(tmp_path, n=3)
     res = CliRunner().invoke(cli, ["train", "--labels", str(csv), "--store", str(tmp_path / "f.h5"),
                                    "--out", str(tmp_path / "c.st"), "--cached-only",
@@ -162,27 +162,16 @@ def test_shipped_configs_hold_the_defaults():
         assert build_config(cls, root / name) == cls()
 
 
-def _with_svg_bytes(csv):
-    """The same labelled set with an svg_bytes column that grows with the noise (as real
-    SVGs do): 1 - ssim is 0.8 x noise, bytes are 2,000 x (1 + 20 x noise)."""
-    lines = csv.read_text().splitlines()
-    out = ["path,ssim,svg_bytes,family"]
-    for line in lines[1:]:
-        path, ssim, fam = line.split(",")
-        noise = (1 - float(ssim)) / 0.8
-        out.append(f"{path},{ssim},{round(2000 * (1 + 20 * noise))},{fam}")
-    csv.write_text("\n".join(out) + "\n")
-    return csv
-
-
-def test_svg_bytes_head_and_leave_one_family_out(tmp_path):
+def test_svg_bytes_head_and_leave_one_family_out(tmp_path, make_dataset, extract_cfg,
+                                                small_train_cfg, fake_backbone):
     from pipeline.head.numpy_head import NumpyHead
 
-    csv = _with_svg_bytes(make_dataset(tmp_path, n=48))
+    # svg_bytes grows with the noise, as real SVGs' sizes do
+    csv = make_dataset(tmp_path, n=48, svg_bytes=True)
     out = tmp_path / "head.safetensors"
     summary = run_train(str(csv), str(tmp_path / "f.h5"), extract_cfg(),
                         small_train_cfg(features=("resnet50", "imstats")), str(out),
-                        progress=False, backbone=TinyBackbone(), lofo=True)
+                        progress=False, backbone=fake_backbone(), lofo=True)
     ckpt = load_checkpoint(out)
     assert ckpt.block_names == ["resnet50", "imstats"]
     assert ckpt.bytes_config is not None and ckpt.bytes_config.output == "linear"
@@ -209,7 +198,7 @@ def test_svg_bytes_head_and_leave_one_family_out(tmp_path):
     assert np.corrcoef(got, np.log10([r.svg_bytes for r in rows]))[0, 1] > 0.8
 
 
-def test_lofo_needs_two_families(tmp_path):
+def test_lofo_needs_two_families(tmp_path, make_dataset, extract_cfg, small_train_cfg):
     csv = make_dataset(tmp_path, n=20)
     csv.write_text(csv.read_text().replace(",noisy", ",flat"))
     with pytest.raises(PipelineError, match="at least 2 families"):

@@ -132,9 +132,9 @@ def test_duplicate_rule_mean_and_warning_or_strict_refusal(rows, keys, expected,
     assert all(f"line {n} " in str(err.value) for n in lines)
 
 
-def test_gather_applies_the_rule_and_reports_through_the_callback(tmp_path):
+def test_gather_applies_the_rule_and_reports_through_the_callback(tmp_path, make_dataset,
+                                                                  extract_cfg, fake_backbone):
     from pipeline.train.features import gather
-    from tests.stage_two_fixtures import TinyBackbone, extract_cfg, make_dataset
 
     csv = make_dataset(tmp_path, n=4)
     with open(csv, "a") as f:
@@ -142,9 +142,9 @@ def test_gather_applies_the_rule_and_reports_through_the_callback(tmp_path):
     rows = read_labels(csv)
     said: list[str] = []
     data = gather(rows, tmp_path / "f.h5", extract_cfg(), progress=False,
-                  backbone=TinyBackbone(), on_warning=said.append)
+                  backbone=fake_backbone(), on_warning=said.append)
     assert len(data.rows) == 4 and data.warnings == said and "line 3 " in said[0]
     assert data.y[1] == pytest.approx((rows[1].ssim + 0.125) / 2)
     with pytest.raises(LabelsError, match="line 6 "):
         gather(rows, tmp_path / "f.h5", extract_cfg(), progress=False,
-               backbone=TinyBackbone(), strict=True)
+               backbone=fake_backbone(), strict=True)

@@ -405,6 +405,7 @@ def test_cli_usage_errors(tmp_path):
     assert half.exit_code == 1 and "--store needs --labels" in half.output
 
 
+@pytest.mark.slow
 def test_real_resnet50_smoke():
     """The real model (random:0 weights) through the model checks that matter most."""
     from pipeline.export.model import QualityPredictionModel

@@ -1,4 +1,4 @@
-"""Tests for pipeline.images: input expansion, robust decoding, resizing."""
+"""Tests for pipeline.images.decode: robust decoding, backgrounds, resizing."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ from PIL import Image
 
 from pipeline.errors import ImageError, PipelineError
 from pipeline.images.decode import decode_image, parse_background, resize_rgb
-from pipeline.images.inputs import expand_inputs
 
 BIG = 10**8
-
-
-def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -35,83 +28,64 @@ def _png_header_only(w: int, h: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
 
 
-# -- expand_inputs ---------------------------------------------------------------------------
-
-def test_expand_folders_globs_lists_dedup(tmp_path: Path) -> None:
-    (tmp_path / "a" / "deep").mkdir(parents=True)
-    for name in ("a/x.png", "a/deep/y.JPG", "a/notes.txt", "b.webp"):
-        (tmp_path / name).write_bytes(b"x")
-    lst = tmp_path / "list.txt"
-    lst.write_text("# comment\nb.webp\n\na/x.png\n")
-    got = expand_inputs([tmp_path / "a", str(tmp_path / "*.webp"), f"@{lst}",
-                         tmp_path / "a" / "x.png"])
-    names = [p.relative_to(tmp_path).as_posix() for p in got]
-    # folder: image suffixes only, recursive, sorted; duplicates across forms dropped
-    assert names == ["a/deep/y.JPG", "a/x.png", "b.webp"]
-
-
-def test_expand_keeps_missing_files_but_rejects_empty_globs(tmp_path: Path) -> None:
-    assert expand_inputs([tmp_path / "gone.png"]) == [tmp_path / "gone.png"]
-    with pytest.raises(PipelineError, match="matches no file"):
-        expand_inputs([str(tmp_path / "*.png")])
-    with pytest.raises(PipelineError, match="cannot read list file"):
-        expand_inputs([f"@{tmp_path / 'nolist.txt'}"])
-
-
 # -- decode_image ----------------------------------------------------------------------------
 
-def test_rgba_is_composited_on_background_not_dropped() -> None:
+def test_rgba_is_composited_on_background_not_dropped(make_image) -> None:
     # Fully transparent red: dropping alpha would expose red; compositing gives the background.
-    data = _bytes(Image.new("RGBA", (8, 8), (255, 0, 0, 0)))
+    data = make_image.bytes((8, 8), "flat", mode="RGBA", colour=(255, 0, 0, 0))
     assert decode_image(data, BIG).getpixel((0, 0)) == (255, 255, 255)
     assert decode_image(data, BIG, (0, 0, 0)).getpixel((0, 0)) == (0, 0, 0)
-    half = _bytes(Image.new("RGBA", (8, 8), (0, 0, 0, 128)))
+    half = make_image.bytes((8, 8), "flat", mode="RGBA", colour=(0, 0, 0, 128))
     assert decode_image(half, BIG).getpixel((0, 0)) == (127, 127, 127)
 
 
-def test_la_and_palette_with_transparency() -> None:
-    la = _bytes(Image.new("LA", (4, 4), (0, 0)))
+def test_la_and_palette_with_transparency(make_image) -> None:
+    la = make_image.bytes((4, 4), "flat", mode="LA", colour=(0, 0))
     assert decode_image(la, BIG).getpixel((1, 1)) == (255, 255, 255)
     p = Image.new("P", (4, 4), 1)
     p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     p.info["transparency"] = 1
-    assert decode_image(_bytes(p, "GIF", transparency=1), BIG).getpixel((0, 0)) == (255, 255, 255)
-    p_opaque = _bytes(p, "PNG")  # no transparency chunk: the palette colour shows
+    gif = make_image.encode(p, "GIF", transparency=1)
+    assert decode_image(gif, BIG).getpixel((0, 0)) == (255, 255, 255)
+    p_opaque = make_image.encode(p, "PNG")  # no transparency chunk: the palette colour shows
     p2 = Image.new("P", (4, 4), 1)
     p2.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    assert decode_image(_bytes(p2, "PNG"), BIG).getpixel((0, 0)) == (255, 0, 0)
+    assert decode_image(make_image.encode(p2, "PNG"), BIG).getpixel((0, 0)) == (255, 0, 0)
     assert decode_image(p_opaque, BIG).mode == "RGB"
 
 
-def test_16bit_is_scaled_not_clipped() -> None:
+def test_16bit_is_scaled_not_clipped(make_image) -> None:
     a = np.array([[0, 32896, 65535, 257]], dtype=np.uint16)
     img = Image.fromarray(a)
     assert img.mode == "I;16"
-    out = np.asarray(decode_image(_bytes(img), BIG))
+    out = np.asarray(decode_image(make_image.encode(img), BIG))
     assert out[0, :, 0].tolist() == [0, 128, 255, 1]
     i32 = Image.fromarray(a.astype(np.int32))  # mode "I" (e.g. from TIFF)
-    assert np.asarray(decode_image(_bytes(i32, "TIFF"), BIG))[0, :, 0].tolist() == [0, 128, 255, 1]
+    tiff = make_image.encode(i32, "TIFF")
+    assert np.asarray(decode_image(tiff, BIG))[0, :, 0].tolist() == [0, 128, 255, 1]
 
 
-def test_gray_cmyk_and_bilevel_become_rgb() -> None:
-    g = decode_image(_bytes(Image.new("L", (3, 3), 77)), BIG)
+def test_gray_cmyk_and_bilevel_become_rgb(make_image) -> None:
+    g = decode_image(make_image.bytes((3, 3), "flat", mode="L", colour=77), BIG)
     assert g.mode == "RGB" and g.getpixel((0, 0)) == (77, 77, 77)
-    c = decode_image(_bytes(Image.new("CMYK", (3, 3), (0, 255, 255, 0)), "JPEG"), BIG)
+    cmyk = make_image.bytes((3, 3), "flat", mode="CMYK", colour=(0, 255, 255, 0), fmt="JPEG")
+    c = decode_image(cmyk, BIG)
     r, gg, b = c.getpixel((1, 1))
     assert r > 200 and gg < 60 and b < 60  # cyan/magenta/yellow inks -> red
-    assert decode_image(_bytes(Image.new("1", (3, 3), 1)), BIG).getpixel((0, 0)) == (255,) * 3
+    bilevel = make_image.bytes((3, 3), "flat", mode="1", colour=1)
+    assert decode_image(bilevel, BIG).getpixel((0, 0)) == (255,) * 3
 
 
-def test_exif_orientation_applied() -> None:
-    img = Image.new("RGB", (20, 10), (200, 0, 0))
+def test_exif_orientation_applied(make_image) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    out = decode_image(_bytes(img, "JPEG", exif=exif), BIG)
+    data = make_image.bytes((20, 10), "flat", colour=(200, 0, 0), fmt="JPEG", exif=exif)
+    out = decode_image(data, BIG)
     assert out.size == (10, 20)
 
 
-def test_gif_first_frame() -> None:
-    frames = [Image.new("RGB", (6, 6), c) for c in ((255, 0, 0), (0, 0, 255))]
+def test_gif_first_frame(make_image) -> None:
+    frames = [make_image.image((6, 6), "flat", colour=c) for c in ((255, 0, 0), (0, 0, 255))]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     r, g, b = decode_image(buf.getvalue(), BIG).getpixel((2, 2))
@@ -119,20 +93,20 @@ def test_gif_first_frame() -> None:
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbage", "truncated_png", "truncated_jpeg"])
-def test_bad_bytes_fail_with_reason(kind: str) -> None:
-    rng = np.random.default_rng(0)
-    noisy = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+def test_bad_bytes_fail_with_reason(kind: str, make_image) -> None:
+    noisy = make_image.image(64, "noise")
     data = {"empty": b"", "garbage": b"this is not an image at all",
-            "truncated_png": _bytes(noisy)[:-400],
-            "truncated_jpeg": _bytes(noisy, "JPEG")[:600]}[kind]
+            "truncated_png": make_image.encode(noisy)[:-400],
+            "truncated_jpeg": make_image.encode(noisy, "JPEG")[:600]}[kind]
     with pytest.raises(ImageError, match="f.png: "):
         decode_image(data, BIG, name="f.png")
 
 
-def test_bomb_guard_own_limit_and_pillow_error() -> None:
+def test_bomb_guard_own_limit_and_pillow_error(make_image) -> None:
     # Below Pillow's warning limit but above ours: our guard must catch it before decoding.
     with pytest.raises(ImageError, match="too large"):
-        decode_image(_bytes(Image.new("L", (200, 200))), max_pixels=10_000)
+        decode_image(make_image.bytes((200, 200), "flat", mode="L", colour=0),
+                     max_pixels=10_000)
     # Over 2x Pillow's limit (which follows max_pixels up): its DecompressionBombError (not an
     # OSError) is caught and reported like ours.
     with pytest.raises(ImageError, match="too large"):
@@ -171,9 +145,8 @@ def test_resize_direct_keeps_whole_image_crop_drops_edges() -> None:
     assert crop[:, 0].mean() < 10  # and is cropped away by shorter+crop
 
 
-def test_resize_options_change_pixels() -> None:
-    rng = np.random.default_rng(1)
-    img = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+def test_resize_options_change_pixels(make_image) -> None:
+    img = make_image.image((70, 50), "noise", seed=1)
     outs = [resize_rgb(img, 24, interpolation=i, antialias=aa)
             for i, aa in [("bilinear", True), ("bicubic", True), ("bilinear", False)]]
     assert all(o.shape == (24, 24, 3) for o in outs)
