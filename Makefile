@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,labels,dask]'
+	$(BIN)/pip install -e '.[dev,labels,dask,ray]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -35,8 +35,9 @@ from pipeline.cli.options import config_default, spec_options
               help="Print one JSON object instead of the summary line.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--backend", type=click.Choice(["local", "dask", "ray"]), default="local",
-              show_default=True, help="Where the backbone runs: here, or on a Dask or Ray "
-              "cluster (this process still hashes inputs and alone writes the store).")
+              show_default=True, help="Where images are hashed and embedded: here, or on a "
+              "Dask or Ray cluster (workers read the images; this process only stats them, "
+              "decides what is missing and alone writes the store).")
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) or Ray address "
               "('auto', 'ray://host:10001'); omitted: 2 local worker processes.")
 def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
@@ -69,7 +70,7 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
     Path(store_path).parent.mkdir(parents=True, exist_ok=True)
     if backend == "local":
         report = run_extract(paths, store_path, cfg, progress=not no_progress)
-    else:  # pipeline/cluster.py: shards to workers, results back, this process writes
+    else:  # pipeline/extract/cluster.py: workers hash and compute, this process writes
         from pipeline.extract.cluster import extract_on_cluster
 
         report = extract_on_cluster(paths, store_path, cfg, backend=backend,

@@ -1,4 +1,5 @@
-"""Worker side of cluster extraction: build the backbone once per process, embed one shard."""
+"""Worker side of cluster extraction: hash a shard of paths; build the backbone once per
+process and embed a shard."""
 
 from __future__ import annotations
 
@@ -51,6 +52,33 @@ class ShardResult:
     failures: list[tuple[str, str]]  # (path, reason)
     pid: int
     seconds: float
+
+
+@dataclass
+class HashResult:
+    """One hash shard's outcome: a content key per readable path, a reason per other path."""
+
+    shard_id: int
+    keys: dict[str, str]             # path -> sha256 of its bytes
+    failures: list[tuple[str, str]]  # (path, reason), as a local run's hash step words it
+    pid: int
+    seconds: float
+
+
+# Threads per hash task: hashing is reading (latency on a network mount) and sha256 releases
+# the GIL on big buffers, so a few threads beat one even on a single-core worker slot.
+HASH_THREADS = 4
+
+
+def hash_shard(shard_id: int, paths: list[str]) -> HashResult:
+    """The first pass of a cluster run: the content key of every path, read here on a
+    worker, so the driver never reads an image (it decides what is missing from the keys)."""
+    from pipeline.extract.run import hash_inputs
+
+    t0 = time.perf_counter()
+    keys, failed = hash_inputs(paths, HASH_THREADS)
+    return HashResult(shard_id, keys, sorted(failed.items()), os.getpid(),
+                      time.perf_counter() - t0)
 
 
 # One entry per process: a long-lived worker keeps only the latest run's prepared worker.
@@ -141,7 +169,7 @@ def _cache_key(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> tuple[str, An
 def _extract_worker(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> Any:
     """The prepared ExtractWorker for this parcel and config in this process, built on first
     use and kept for later runs of the same fingerprint (only the latest one is kept)."""
-    from pipeline.extract.worker import ExtractWorker
+    from pipeline.extract.worker import BACKBONE, ExtractWorker
 
     key = _cache_key(parcel, cfg)
     with _LOCK:
@@ -161,9 +189,10 @@ def _extract_worker(parcel: BackboneParcel | RayParcelRef, cfg: Any) -> Any:
             worker = ExtractWorker(cfg, builder=partial(_from_state_dict, parcel.state_dict))
         else:  # random:SEED: built from the config alone
             worker = ExtractWorker(cfg)
-        worker.prepare()
-        if parcel.module is None:  # built here (an injected module is used as given)
-            one_thread_convs(worker._backbone, cfg)
+        if BACKBONE in cfg.features:  # an imstats-only config needs no model
+            worker.prepare()
+            if parcel.module is None:  # built here (an injected module is used as given)
+                one_thread_convs(worker._backbone, cfg)
         for old in _CACHE.values():
             old.close()
         _CACHE.clear()
@@ -204,8 +233,8 @@ def worker_fingerprints(cfg: Any, driver_specs: dict[str, dict[str, Any]]) -> di
 def run_shard(shard_id: int, paths: list[str], keys: list[str], cfg: Any,
               parcel: BackboneParcel | RayParcelRef, driver_specs: dict[str, dict[str, Any]],
               blocks: list[str]) -> ShardResult:
-    """Hash, decode and compute `blocks` for `paths` (expected content `keys`) here; the
-    driver writes."""
+    """The second pass: read, decode and compute `blocks` for `paths` (content `keys` as the
+    first pass hashed them) here; the driver writes."""
     from store.keys import fingerprint
 
     t0 = time.perf_counter()
@@ -222,8 +251,8 @@ def run_shard(shard_id: int, paths: list[str], keys: list[str], cfg: Any,
                 "workers as on the driver")
     n = worker_threads(cfg)
     worker = _extract_worker(parcel, replace(cfg, threads=n, workers=n))
-    # Keys are re-derived from the bytes each worker reads; a file changed since the driver
-    # hashed it becomes a failure row instead of a vector stored under a stale key.
+    # Keys are re-derived from the bytes decoded; a file changed since the first pass hashed
+    # it becomes a failure row instead of a vector stored under a stale key.
     out = worker.compute(paths, keys, blocks)
     return ShardResult(shard_id, list(out.keys), out.vectors, list(out.failures), os.getpid(),
                        time.perf_counter() - t0)

@@ -1,5 +1,4 @@
-"""Stage-one runner: hash inputs, skip what every block has cached, decode each image once,
-backbone || decoding, batched store writes per block namespace."""
+"""Stage-one local runner: decode each image once, backbone || decoding, batched block writes."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,68 +14,16 @@ import numpy as np
 from torch import nn
 
 from pipeline.errors import ImageError
-from pipeline.extract.spec import ExtractConfig, block_specs
+from pipeline.extract.run import (  # noqa: F401 - ExtractReport: callers import it from here
+    BlockWriter,
+    ExtractReport,
+    WorkPlan,
+    hash_inputs,
+    run_extract,
+)
+from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import BACKBONE, ExtractWorker, failure_reason
-from pipeline.images.inputs import UnreadableInput, hash_file
 from store.hdf5 import FeatureStore
-from store.keys import fingerprint
-
-
-@dataclass
-class ExtractReport:
-    """Outcome of one extract run; `keys` maps every successful input path to its content key."""
-
-    seen: int
-    cached: int
-    computed: int
-    failed: int
-    images_per_s: float
-    fingerprints: dict[str, str]  # block -> namespace, in the config's block order
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    keys: dict[str, str] = field(default_factory=dict)
-    duplicates: int = 0  # inputs whose bytes equal another input computed in this run
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        """The backbone block's namespace (the first block's when there is no backbone)."""
-        return self.fingerprints.get(BACKBONE) or next(iter(self.fingerprints.values()))
-
-    def to_json(self) -> dict[str, Any]:
-        """The `--json` object: counts, speed, the backbone's namespace and every block's."""
-        return {"seen": self.seen, "cached": self.cached, "computed": self.computed,
-                "failed": self.failed, "images_per_s": round(self.images_per_s, 2),
-                "fingerprint": self.fingerprint, "fingerprints": dict(self.fingerprints)}
-
-    def summary(self) -> str:
-        dup = f" ({self.duplicates} duplicate input(s))" if self.duplicates else ""
-        spaces = ", ".join(f"{b} {fp[:12]}" for b, fp in self.fingerprints.items())
-        return (f"seen {self.seen}, already cached {self.cached}, computed {self.computed}, "
-                f"failed {self.failed}, {self.images_per_s:.1f} img/s, "
-                f"namespaces {spaces}{dup}")
-
-
-def hash_inputs(paths: Sequence[Path], workers: int, bar: Any = None
-                ) -> tuple[dict[str, str], dict[str, str]]:
-    """Content keys of `paths` in a thread pool (hashlib releases the GIL on big buffers).
-
-    Returns ({path: key}, {path: reason}) for readable and unreadable inputs. Paths go to the
-    pool in chunks so that a million inputs never means a million pending futures.
-    """
-    keys: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    chunk = 4096
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="hash") as pool:
-        for i in range(0, len(paths), chunk):
-            part = paths[i:i + chunk]
-            for p, fut in zip(part, [pool.submit(hash_file, p) for p in part], strict=True):
-                try:
-                    keys[str(p)] = fut.result()
-                except UnreadableInput as e:  # missing, FIFO, device, directory, too big...
-                    failures[str(p)] = e.reason
-            if bar is not None:
-                bar.update(len(part))
-    return keys, failures
 
 
 @dataclass
@@ -162,84 +109,39 @@ class Runner:
 
 
 @dataclass
-class WorkPlan:
-    """What a run must compute: every input hashed, and for each key that some block's
-    namespace lacks, one path with that content and the blocks it needs."""
+class _LocalParts:
+    """The local middle: hash in this process's thread pool, then the Runner with the model
+    here."""
 
-    path_keys: dict[str, str]   # path -> content key, for every readable input
-    hash_fail: dict[str, str]   # path -> reason, for unreadable inputs
-    todo: dict[str, str]        # missing key -> first path with that content (one row per key)
-    needs: dict[str, frozenset[str]]  # missing key -> the blocks that lack it
-    cached: int                 # inputs whose key every block already holds
+    cfg: ExtractConfig
+    worker: ExtractWorker
+    progress: bool
 
+    def prepare(self) -> None:
+        if BACKBONE in self.cfg.features:
+            # Fail fast on weights or device before hashing a large folder.
+            self.worker.prepare()
 
-def plan_work(paths: Sequence[Path], namespaces: dict[str, Any], workers: int,
-              bar: Any = None) -> WorkPlan:
-    """Hash `paths` and decide, per key, which blocks are missing ({block: namespace or None})."""
-    path_keys, hash_fail = hash_inputs(paths, workers, bar)
-    unique = list(dict.fromkeys(path_keys.values()))
-    missing = {b: set(ns.missing(unique)) if ns is not None else set(unique)
-               for b, ns in namespaces.items()}
-    needs = {k: frozenset(b for b, m in missing.items() if k in m) for k in unique}
-    needs = {k: v for k, v in needs.items() if v}
-    todo: dict[str, str] = {}
-    for p, k in path_keys.items():
-        if k in needs and k not in todo:
-            todo[k] = p
-    cached = sum(1 for k in path_keys.values() if k not in needs)
-    return WorkPlan(path_keys, hash_fail, todo, needs, cached)
+    def hash(self, paths: list[Path]) -> tuple[dict[str, str], dict[str, str]]:
+        from tqdm.auto import tqdm
 
+        with tqdm(total=len(paths), unit="file", desc="hash", disable=not self.progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            return hash_inputs(paths, self.cfg.n_workers(), bar)
 
-def build_report(n_paths: int, plan: WorkPlan, failed_keys: dict[str, str], elapsed: float,
-                 fps: dict[str, str], timings: dict[str, float]) -> ExtractReport:
-    """The ExtractReport of a run, from its plan and the keys whose compute failed."""
-    failures = sorted(plan.hash_fail.items())
-    keys: dict[str, str] = {}
-    for p, k in plan.path_keys.items():
-        if k in failed_keys:  # same bytes as a failed file: same failure
-            first = plan.todo[k]
-            failures.append((p, failed_keys[k] if first == p
-                             else f"same bytes as {first}: {failed_keys[k]}"))
-        else:
-            keys[p] = k
-    computed = len(plan.todo) - len(failed_keys)
-    return ExtractReport(seen=n_paths, cached=plan.cached, computed=computed,
-                         failed=len(failures), images_per_s=computed / elapsed if computed else 0.0,
-                         fingerprints=fps, failures=failures, keys=keys,
-                         duplicates=len(keys) - plan.cached - computed,
-                         timings={**timings, "total_s": elapsed})
+    def compute(self, plan: WorkPlan, writer: BlockWriter
+                ) -> tuple[dict[str, str], dict[str, float]]:
+        from tqdm.auto import tqdm
 
-
-class BlockWriter:
-    """The run's only store writer: one committed put_many per (batch, block); each block's
-    namespace is created on its first write (D comes from the vectors)."""
-
-    def __init__(self, fs: FeatureStore, specs: dict[str, dict], dtype: str) -> None:
-        self.fs, self.specs, self.dtype = fs, specs, dtype
-        self.fps = {b: fingerprint(s) for b, s in specs.items()}
-        self.namespaces = {b: fs.namespace(fp) if fs.has_namespace(fp) else None
-                           for b, fp in self.fps.items()}
-
-    def __call__(self, block: str, keys: list[str], vectors: np.ndarray) -> None:
-        if not keys:
-            return
-        ns = self.namespaces[block]
-        # imstats is a few dozen numbers of very different scales: always float32.
-        dtype = self.dtype if block == BACKBONE else "float32"
-        if ns is None:
-            ns = self.namespaces[block] = self.fs.namespace(
-                self.fps[block], spec=self.specs[block], dim=int(vectors.shape[1]), dtype=dtype)
-        ns.put_many(keys, vectors.astype(dtype, copy=False))
-
-
-def open_run(store: str | Path | FeatureStore, cfg: ExtractConfig
-             ) -> tuple[FeatureStore, bool, dict[str, dict]]:
-    """The preamble every runner shares: block specs (weights resolved: a run that cannot
-    load them fails before the store and its lock exist), then the store opened for writing.
-    Returns (store, whether this run owns it, {block: spec})."""
-    specs = block_specs(cfg)
-    own = not isinstance(store, FeatureStore)
-    return (FeatureStore(store, mode="a") if own else store), own, specs
+        cfg = self.cfg
+        runner = Runner(self.worker.load, self.worker.forward, writer,
+                        batch_size=cfg.batch_size, workers=cfg.n_workers(),
+                        prefetch=cfg.prefetch)
+        items = [(p, k, plan.needs[k]) for k, p in plan.todo.items()]
+        with tqdm(total=len(items), unit="img", desc="extract", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
+            failed_items, timings = runner.run(items, bar)
+        return {plan.path_keys[p]: reason for p, reason in failed_items}, timings
 
 
 def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: ExtractConfig,
@@ -252,32 +154,5 @@ def extract(paths: Iterable[str | Path], store: str | Path | FeatureStore, cfg: 
     (B, 3, S, S) -> (B, D), injected by tests (it is assumed to be what `cfg` describes);
     `worker` reuses a prepared ExtractWorker (benchmarks). Bad inputs are report rows.
     """
-    from tqdm.auto import tqdm
-
-    paths = [Path(p) for p in paths]
     worker = worker or ExtractWorker(cfg, backbone=backbone)
-    if paths and BACKBONE in cfg.features:
-        # Fail fast on weights or device before hashing a large folder, and before the
-        # store is opened: a run that cannot start must not leave an empty store + lock.
-        worker.prepare()
-    fs, own, specs = open_run(store, cfg)
-    try:
-        t_start = time.perf_counter()
-        writer = BlockWriter(fs, specs, cfg.dtype)
-        with tqdm(total=len(paths), unit="file", desc="hash", disable=not progress,
-                  dynamic_ncols=True, leave=False) as bar:
-            plan = plan_work(paths, writer.namespaces, cfg.n_workers(), bar)
-        t_hash = time.perf_counter() - t_start
-        runner = Runner(worker.load, worker.forward, writer, batch_size=cfg.batch_size,
-                        workers=cfg.n_workers(), prefetch=cfg.prefetch)
-        items = [(p, k, plan.needs[k]) for k, p in plan.todo.items()]
-        with tqdm(total=len(items), unit="img", desc="extract", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            failed_items, timings = runner.run(items, bar)
-        elapsed = time.perf_counter() - t_start
-    finally:
-        if own:
-            fs.close()
-    failed_keys = {plan.path_keys[p]: reason for p, reason in failed_items}
-    return build_report(len(paths), plan, failed_keys, elapsed, writer.fps,
-                        {"hash_s": t_hash, **timings})
+    return run_extract(paths, store, cfg, _LocalParts(cfg, worker, progress))

@@ -1,105 +1,49 @@
-"""Cluster extraction: Dask (2 local worker processes) equals a local run, survives worker death."""
+"""Cluster extraction on Dask (2 local worker processes): equal to a local run, workers hash,
+a dead worker's shard is retried, both feature blocks."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.extract.cluster import ClusterError, extract_on_cluster, shard
+from pipeline.extract.cluster import ClusterError, extract_on_cluster, hash_shards, shard
 from pipeline.extract.cluster_worker import builds
 from pipeline.extract.runner import extract
-from pipeline.extract.spec import ExtractConfig
 from store.hdf5 import FeatureStore
-from store.namespace import Namespace
-
-N_IMAGES = 12
-
-
-class TinyBackbone(nn.Module):
-    """(B, 3, S, S) -> (B, 16); with `die_marker`, the first process to run it dies at once."""
-
-    feature_dim = 16
-
-    def __init__(self, die_marker: str | None = None) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(3, 16, 3, stride=2)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g))
-            self.conv.bias.zero_()
-        self.die_marker = die_marker
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.die_marker is not None:
-            try:
-                os.close(os.open(self.die_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                pass
-            else:  # first call anywhere: die mid-shard, with no cleanup, like an OOM kill
-                os._exit(1)
-        return torch.relu(self.conv(x)).mean(dim=(2, 3))  # (B, 16)
+from tests.extract.cluster_fixtures import (
+    N_IMAGES,
+    TinyBackbone,
+    assert_same,
+    cfg_for,
+    local_reference,
+    make_images,
+    report_fields,
+    rows,
+    spy_writes,
+)
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(N_IMAGES):
-        p = folder / f"img{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(p)
-        out.append(p)
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")  # a failure row
-    return [*out, folder / "broken.png"]
+    return make_images(tmp_path_factory.mktemp("imgs"))
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("dask.distributed")
+    from dask import distributed
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address=":0") as c, \
             distributed.Client(c) as client:
         yield c, client
 
 
-def _cfg(**kw) -> ExtractConfig:
-    # The backbone block alone unless a test asks for more (both blocks: their own test).
-    base = dict(features=("resnet50",), weights="random:0", image_size=32, batch_size=4,
-                threads=1, workers=1)
-    return ExtractConfig(**{**base, **kw})
-
-
-def _local(cfg: ExtractConfig) -> ExtractConfig:
-    """The local reference for a built ResNet-50: 2 torch threads, like a default run on 2
-    cores. Workers run 1 thread but route 1x1 convs to oneDNN, as torch does for >1 thread,
-    so they give these bits; a local 1-thread run takes torch's native path (~1e-4 apart)."""
-    return dataclasses.replace(cfg, threads=2)
-
-
-def _rows(store: Path, fp: str) -> dict[str, np.ndarray]:
-    with FeatureStore(store, mode="r") as fs:
-        ns = fs.namespace(fp)
-        keys = ns.keys()
-        assert len(keys) == len(set(keys))
-        return dict(zip(keys, ns.get_many(keys), strict=True))
-
-
-def _assert_same(local: Path, remote: Path, fp: str) -> None:
-    a, b = _rows(local, fp), _rows(remote, fp)
-    assert set(a) == set(b) and len(a) == N_IMAGES
-    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-    assert diff <= 1e-5, diff
-    with FeatureStore(remote, mode="r") as fs:
-        assert fs.verify() == []
+_cfg, _local, _assert_same = cfg_for, local_reference, assert_same
 
 
 def test_shards_cover_work_once_in_local_batch_order() -> None:
@@ -124,14 +68,15 @@ def test_dask_equals_local_and_reruns_compute_nothing(tmp_path, images, cluster)
     rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
                              scheduler=c.scheduler_address, progress=False)
     assert (rep.seen, rep.cached, rep.computed, rep.failed) == (N_IMAGES + 1, 0, N_IMAGES, 1)
-    assert rep.fingerprint == local.fingerprint and rep.keys == local.keys
-    assert [p for p, _ in rep.failures] == [p for p, _ in local.failures]
+    assert report_fields(rep) == report_fields(local)
     _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
     # 6 shards over 2 workers, yet each worker process built the backbone at most once.
     assert all(n - before.get(w, 0) <= 1 for w, n in client.run(builds).items())
     again = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
                                scheduler=c.scheduler_address, progress=False)
     assert (again.cached, again.computed) == (N_IMAGES, 0)
+    assert report_fields(again) == report_fields(
+        extract(images, tmp_path / "local.h5", _local(cfg), progress=False))
 
 
 @pytest.mark.slow
@@ -141,14 +86,7 @@ def test_dead_worker_shard_is_retried_and_nothing_written_twice(tmp_path, images
     cfg = _cfg(weights="random:1")
     marker = tmp_path / "died"
     local = extract(images, tmp_path / "local.h5", cfg, backbone=TinyBackbone(), progress=False)
-    written: list[str] = []
-    put_many = Namespace.put_many
-
-    def spy(self, keys, vectors):  # records every key the driver asks the store to write
-        written.extend(keys)
-        return put_many(self, keys, vectors)
-
-    monkeypatch.setattr(Namespace, "put_many", spy)
+    written = spy_writes(monkeypatch)
     pids = set(client.run(os.getpid).values())
     before = client.run(builds)
     rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
@@ -159,7 +97,7 @@ def test_dead_worker_shard_is_retried_and_nothing_written_twice(tmp_path, images
     assert set(client.run(os.getpid).values()) != pids
     # The injected module was broadcast once; each process (the new one too) built once.
     assert all(n - before.get(w, 0) <= 1 for w, n in client.run(builds).items())
-    assert (rep.computed, rep.failed) == (N_IMAGES, 1)
+    assert report_fields(rep) == report_fields(local)
     assert sorted(written) == sorted(set(written)) and len(written) == N_IMAGES
     _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", rep.fingerprint)
     assert rep.fingerprint == local.fingerprint
@@ -249,43 +187,102 @@ def test_cli_extract_on_dask(tmp_path, images, cluster) -> None:
 
 
 @pytest.mark.slow
-def test_unreachable_scheduler_is_a_clear_error(tmp_path, images, monkeypatch) -> None:
-    pytest.importorskip("dask.distributed")
-    monkeypatch.setattr("pipeline.extract.cluster.CONNECT_TIMEOUT_S", 2)
+def test_unreachable_scheduler_is_a_clear_error_and_leaves_no_store(tmp_path, images,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setattr("pipeline.extract.engines.CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
         extract_on_cluster(images, tmp_path / "s.h5", _cfg(), backend="dask",
                            scheduler="tcp://127.0.0.1:9", progress=False)
+    # The cluster is joined before the store opens: a run that cannot start leaves nothing.
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.lock").exists()
 
 
 @pytest.mark.slow
-def test_ray_equals_local_and_survives_a_dead_worker(tmp_path, images) -> None:
-    ray = pytest.importorskip("ray", reason="Ray is the optional 'ray' extra and is not installed")
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        cfg = _cfg(weights="random:2")
-        extract(images, tmp_path / "local.h5", cfg, backbone=TinyBackbone(), progress=False)
-        rep = extract_on_cluster(images, tmp_path / "ray.h5", cfg, backend="ray",
-                                 backbone=TinyBackbone(str(tmp_path / "died")), shard_size=2,
-                                 progress=False)
-        assert (tmp_path / "died").exists() and rep.computed == N_IMAGES
-        _assert_same(tmp_path / "local.h5", tmp_path / "ray.h5", rep.fingerprint)
-    finally:
-        ray.shutdown()
+def test_driver_reads_no_image_bytes_workers_hash(tmp_path, images, cluster) -> None:
+    from pipeline.bench.cluster import ImageReads, worker_reads
+
+    c, client = cluster
+    cfg = _cfg(weights="random:4")
+    with ImageReads(images) as driver, worker_reads(client, images) as workers:
+        rep = extract_on_cluster(images, tmp_path / "d.h5", cfg, backend="dask",
+                                 scheduler=c.scheduler_address, progress=False,
+                                 backbone=TinyBackbone())
+    assert rep.computed == N_IMAGES
+    assert (driver.opens, driver.bytes) == (0, 0)  # it stat'ed the files, never opened one
+    total = sum(p.stat().st_size for p in images)
+    # Workers read every file once to hash it, and the computed and broken ones once more.
+    assert workers.bytes == total + total, (workers.bytes, total)
+    with ImageReads(images) as driver, worker_reads(client, images) as workers:
+        again = extract_on_cluster(images, tmp_path / "d.h5", cfg, backend="dask",
+                                   scheduler=c.scheduler_address, progress=False,
+                                   backbone=TinyBackbone())
+    # A rerun: workers hash every file; only the broken one is read again (retried, as locally).
+    broken = images[-1].stat().st_size
+    assert (again.cached, again.computed, driver.bytes) == (N_IMAGES, 0, 0)
+    assert workers.bytes == total + broken
 
 
-def test_ray_missing_is_a_clear_error(tmp_path, images, monkeypatch) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(ClusterError, match=r"pip install 'ssimcache\[ray\]'"):
-        extract_on_cluster(images, tmp_path / "r.h5", _cfg(), backend="ray", progress=False)
+@pytest.mark.slow
+def test_both_blocks_on_dask_equal_local_and_only_missing_blocks_computed(
+        tmp_path, images, cluster, monkeypatch) -> None:
+    c, _ = cluster
+    cfg = _cfg(features=("resnet50", "imstats"), weights="random:5")
+    local = extract(images, tmp_path / "local.h5", cfg, backbone=TinyBackbone(), progress=False)
+    rep = extract_on_cluster(images, tmp_path / "dask.h5", cfg, backend="dask",
+                             scheduler=c.scheduler_address, progress=False,
+                             backbone=TinyBackbone())
+    assert report_fields(rep) == report_fields(local) and len(rep.fingerprints) == 2
+    for fp in rep.fingerprints.values():  # both namespaces, bit for bit
+        _assert_same(tmp_path / "local.h5", tmp_path / "dask.h5", fp)
+    # A store that already holds resnet50 for these images: the cluster computes imstats only.
+    only = _cfg(features=("resnet50",), weights="random:5")
+    extract(images, tmp_path / "half.h5", only, backbone=TinyBackbone(), progress=False)
+    written = spy_writes(monkeypatch)
+    rep = extract_on_cluster(images, tmp_path / "half.h5", cfg, backend="dask",
+                             scheduler=c.scheduler_address, progress=False,
+                             backbone=TinyBackbone())
+    assert (rep.cached, rep.computed) == (0, N_IMAGES)
+    assert {fp for fp, _ in written} == {rep.fingerprints["imstats"]}
+    assert len(written) == N_IMAGES
+    for fp in rep.fingerprints.values():
+        assert rows(tmp_path / "half.h5", fp).keys() == rows(tmp_path / "local.h5", fp).keys()
+    _assert_same(tmp_path / "local.h5", tmp_path / "half.h5", rep.fingerprints["imstats"])
 
 
-def test_unknown_backend(tmp_path, images) -> None:
-    with pytest.raises(ClusterError, match="unknown backend"):
-        extract_on_cluster(images, tmp_path / "u.h5", dataclasses.replace(_cfg()),
-                           backend="spark", progress=False)
+@pytest.mark.slow
+def test_hostile_inputs_are_the_same_report_rows_on_dask(tmp_path, images, cluster) -> None:
+    c, _ = cluster
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "dup.png").write_bytes(images[0].read_bytes())  # identical bytes: one row, one compute
+    os.mkfifo(d / "fifo.png")  # opened by nobody: the driver stats it, workers never see it
+    (d / "folder.png").mkdir()
+    (d / "loop.png").symlink_to(d / "loop.png")
+    inputs = [*images, d / "dup.png", d / "fifo.png", d / "folder.png", d / "loop.png",
+              d / "missing.png"]
+    cfg = _cfg(weights="random:6")
+    local = extract(inputs, tmp_path / "local.h5", cfg, backbone=TinyBackbone(), progress=False)
+    rep = extract_on_cluster(inputs, tmp_path / "dask.h5", cfg, backend="dask",
+                             scheduler=c.scheduler_address, progress=False,
+                             backbone=TinyBackbone())
+    assert report_fields(rep) == report_fields(local)
+    assert (rep.computed, rep.duplicates, rep.failed) == (N_IMAGES, 1, 5)
+    assert {p for p, _ in rep.failures} >= {str(d / "fifo.png"), str(d / "missing.png")}
+
+
+def test_hash_shards_split_by_files_and_bytes() -> None:
+    sizes = {f"p{i}": n for i, n in enumerate([10, 10, 10, 100, 10, 10])}
+    assert hash_shards(sizes, max_files=2, max_bytes=1000) == [
+        (0, ["p0", "p1"]), (1, ["p2", "p3"]), (2, ["p4", "p5"])]
+    # a file over the byte bound goes alone; order is kept
+    assert hash_shards(sizes, max_files=10, max_bytes=50) == [
+        (0, ["p0", "p1", "p2"]), (1, ["p3"]), (2, ["p4", "p5"])]
+    assert hash_shards({}) == []
 
 
 def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
+    from torch import nn
+
     from pipeline.extract.cluster_worker import one_thread_convs, reuse_freed_memory
 
     torch.manual_seed(0)
@@ -307,24 +304,34 @@ def test_workers_route_one_by_one_convs_and_keep_freed_memory() -> None:
 
 
 @pytest.mark.slow
-def test_bench_cluster_runs_small_and_compares_with_local() -> None:
-    pytest.importorskip("dask.distributed")
+def test_bench_cluster_runs_small_and_measures_driver_reads() -> None:
     from pipeline.bench.cluster import format_table, run_bench
 
     result = run_bench(n_images=4, repeats=1, workers=2, image_size=32, batch_size=2,
-                       log=lambda s: None)
-    assert result["local"]["images_per_s"] > 0 and result["dask"]["images_per_s"] > 0
-    assert result["overhead_ratio"] == pytest.approx(
-        result["local"]["images_per_s"] / result["dask"]["images_per_s"])
-    assert result["dask"]["torch_threads_per_worker"] == [1]
-    assert result["max_abs_diff_vs_local"] <= 1e-5  # workers match the local run's bits
-    assert "overhead" in format_table(result)
+                       engines=("dask",), log=lambda s: None)
+    e = result["engines"]["dask"]
+    assert e["local"]["images_per_s"] > 0 and e["workers"]["images_per_s"] > 0
+    assert e["overhead_ratio"] == pytest.approx(
+        e["local"]["images_per_s"] / e["workers"]["images_per_s"])
+    total = result["image_bytes"]
+    # before: the driver reads every image on each run; after: none, workers read them
+    assert (e["driver"]["driver_image_bytes"], e["driver"]["rerun_driver_image_bytes"]) == (
+        total, total)
+    assert (e["workers"]["driver_image_bytes"], e["workers"]["rerun_driver_image_bytes"]) == (
+        0, 0)
+    assert e["workers"]["worker_image_bytes"] == 2 * total  # hash pass + compute pass
+    assert e["local"]["driver_image_bytes"] == 2 * total    # hash + decode, all here
+    assert e["workers"]["max_abs_diff_vs_local"] == 0.0     # workers match the local bits
+    assert "dask" in format_table(result)
 
 
 @pytest.mark.parametrize("address", ["notaurl", "tcp://host-without-port", "foo://h:1"])
 def test_bad_scheduler_address_is_refused_before_any_client(tmp_path, images, monkeypatch,
                                                            address) -> None:
-    distributed = pytest.importorskip("dask.distributed")
+    from click.testing import CliRunner
+    from dask import distributed
+
+    from pipeline.cli import cli
 
     def no_client(*a, **kw):  # a half-built Client blocks for a minute in its finaliser
         raise AssertionError("a Client was created for a bad address")
@@ -334,35 +341,11 @@ def test_bad_scheduler_address_is_refused_before_any_client(tmp_path, images, mo
         extract_on_cluster(images, tmp_path / "s.h5", _cfg(), backend="dask",
                            scheduler=address, progress=False)
     assert not (tmp_path / "s.h5").exists()
-    from click.testing import CliRunner
-
-    from pipeline.cli import cli
-
     res = CliRunner().invoke(cli, ["extract", str(images[0]), "--store", str(tmp_path / "c.h5"),
                                    "--weights", "random:0", "--no-progress", "--backend", "dask",
                                    "--scheduler", address])
     assert res.exit_code == 1 and "Error: --scheduler" in res.output, res.output
     assert "Traceback" not in res.output
-
-
-def test_paths_reaching_workers_are_absolute(tmp_path, images, monkeypatch) -> None:
-    from pipeline.extract.cluster_worker import run_shard
-
-    seen: list[str] = []
-
-    def in_process(backend, scheduler, local_workers, retries, cfg, parcel, tasks, sink, needs):
-        for i, paths, keys, blocks in tasks:  # what an engine hands to run_shard on a worker
-            seen.extend(paths)
-            sink.take(run_shard(i, paths, keys, cfg, parcel, sink.writer.specs, blocks), needs)
-
-    monkeypatch.setattr("pipeline.extract.cluster._dispatch", in_process)
-    monkeypatch.chdir(images[0].parent)
-    rel = [Path(p.name) for p in images]
-    rep = extract_on_cluster(rel, tmp_path / "s.h5", _cfg(), backend="dask",
-                             backbone=TinyBackbone(), progress=False)
-    assert len(seen) == N_IMAGES + 1 and all(Path(p).is_absolute() for p in seen), seen
-    assert (rep.computed, rep.failed) == (N_IMAGES, 1)
-    assert rep.failures[0][0] == "broken.png"  # the report keeps the paths as given
 
 
 def test_offline_imagenet_fails_before_the_store_exists(tmp_path, images, monkeypatch) -> None:
