@@ -223,6 +223,14 @@ def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: in
     return 2.0 * n ** 3 / best / 1e9
 
 
+def matmul_peaks(threads: int | None = None, n: int = 2048, repeats: int = 10
+                 ) -> dict[str, float]:
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s}: matmul_peak_gflops in the two precisions extract
+    runs, the roofline that benchmarks and validation judge throughput against."""
+    return {p: matmul_peak_gflops(dt, threads=threads, n=n, repeats=repeats)
+            for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
+
+
 def model_gflops(model: Any, image_size: int) -> float:
     """GFLOP of one (1, 3, S, S) forward of `model`, counted by torch.utils.flop_counter
     (2 FLOPs per multiply-add of convolutions and matmuls; elementwise ops not counted)."""

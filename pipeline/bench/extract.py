@@ -41,7 +41,7 @@ from pipeline.measure import (
     RssPeak,
     machine_info,
     machine_line,
-    matmul_peak_gflops,
+    matmul_peaks,
     model_gflops,
     roofline_fraction,
     rss_mb,
@@ -227,12 +227,6 @@ def _run_mode(name: str, paths: list[Path], tmp: Path, repeats: int, batch_size:
     return row, np.asarray(vecs, dtype=np.float32)
 
 
-def measure_roofline(threads: int, size: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Peak GFLOP/s of torch.mm (size x size) in fp32 and bf16 at `threads`, best of repeats."""
-    return {p: matmul_peak_gflops(dt, threads=threads, n=size, repeats=repeats)
-            for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
-
-
 def judge(row: dict[str, Any], roofline: dict[str, Any]) -> dict[str, Any]:
     """Add the roofline fractions of `row` (end to end, model-only, network) and its validity:
     a throughput above the measured peak cannot have been measured here, so it is INVALID."""
@@ -261,7 +255,7 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
     modes = modes or list(MODES)
     threads = ExtractConfig().n_threads()  # what extract's prepare() sets
     machine = machine_info()
-    before = measure_roofline(threads, peak_size, peak_repeats)
+    before = matmul_peaks(threads, peak_size, peak_repeats)
     log(f"matmul peak before: fp32 {before['fp32']:.0f}, bf16 {before['bf16']:.0f} GFLOP/s")
     gflop = model_gflops(load_backbone("random:0"), image_size)
     rows, vecs = [], {}
@@ -272,7 +266,7 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
         for name in modes:
             row, vecs[name] = _run_mode(name, paths, tmp, repeats, batch_size, image_size, log)
             rows.append(row)
-    after = measure_roofline(threads, peak_size, peak_repeats)
+    after = matmul_peaks(threads, peak_size, peak_repeats)
     log(f"matmul peak after: fp32 {after['fp32']:.0f}, bf16 {after['bf16']:.0f} GFLOP/s")
     roofline = {
         "method": f"torch.mm {peak_size}x{peak_size}, {threads} threads, best of "
