@@ -248,3 +248,51 @@ def roofline_fraction(images_per_s: float, gflop_per_image: float, peak_gflops: 
     """Share of the machine's peak that a throughput uses: img/s x GFLOP/img / peak GFLOP/s.
     Above 1.0 the figure is impossible on this machine (measured elsewhere, or mis-timed)."""
     return images_per_s * gflop_per_image / peak_gflops if peak_gflops > 0 else float("inf")
+
+
+# -- who else used the CPU ------------------------------------------------------------------
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    total = sum(vals[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def _own_jiffies() -> int:
+    """utime + stime clock ticks of this process, all its threads."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class CpuShare:
+    """CPU used by *other* processes while a block runs, as a share of the machine's cores:
+    a timing is only worth quoting when this is near 0 (the load average lags by a minute and
+    counts this process too). Linux only; `other_share` is None elsewhere."""
+
+    def __enter__(self) -> CpuShare:
+        self.other_share: float | None = None
+        self.own_share: float | None = None
+        try:
+            self._busy, self._total = _cpu_jiffies()
+            self._own = _own_jiffies()
+        except OSError:
+            self._busy = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._busy is None:
+            return
+        busy, total = _cpu_jiffies()
+        own = _own_jiffies() - self._own
+        span = max(total - self._total, 1)
+        self.own_share = own / span
+        self.other_share = max(busy - self._busy - own, 0) / span
+
+    def to_json(self) -> dict[str, float | None]:
+        r = (lambda v: round(v, 3) if v is not None else None)
+        return {"other_processes_cpu_share": r(self.other_share),
+                "this_process_cpu_share": r(self.own_share)}

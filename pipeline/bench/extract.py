@@ -1,15 +1,19 @@
-"""Extract benchmark: modes (the seed's naive loop, extract's precisions) timed end to end and
-model-only, each as a fraction of the machine's roofline measured in the same run.
+"""Extract benchmark: modes (the seed's naive loop, extract's precisions, the model path
+before the bf16 change) timed end to end and model-only, each as a fraction of the machine's
+roofline measured in the same run.
 
 The roofline is torch.mm's best throughput on 2048 x 2048 matrices at extract's thread count,
 in fp32 and in bf16, probed before and after the modes (the higher probe counts); a mode's
 fraction is img/s x GFLOP per image / peak GFLOP/s, with ResNet-50's FLOPs counted at the
 configured image size. A figure above 1.0 is impossible on this machine and is marked INVALID.
+Modes are set up first and then timed in interleaved rounds, each round recording how much
+CPU other processes took meanwhile.
 
-Adding a mode: add an entry to MODES. `config` holds ExtractConfig overrides on top of the
-bench's own (random:0 weights, --batch-size, --image-size), `precision` picks the roofline.
-For example, once the image-statistics feature block exists, a mode that extracts it beside
-the backbone is one line (the field name is whatever ExtractConfig gives the block list):
+Adding a mode: add an entry to MODES (and to DEFAULT_MODES to run it by default). `config`
+holds ExtractConfig overrides on top of the bench's own (random:0 weights, --batch-size,
+--image-size), `precision` picks the roofline, `worker` builds the ExtractWorker. For example,
+once the image-statistics feature block exists, a mode that extracts it beside the backbone is
+one line (the field name is whatever ExtractConfig gives the block list):
 
     "e": Mode("extract defaults + image statistics block", {"blocks": ("resnet50", "stats")}),
 
@@ -33,11 +37,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.extract.backbone import load_backbone
+from pipeline.extract.backbone import fuse_conv_bn, load_backbone
 from pipeline.extract.runner import extract
 from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import ExtractWorker
 from pipeline.measure import (
+    CpuShare,
     RssPeak,
     machine_info,
     machine_line,
@@ -49,14 +54,28 @@ from pipeline.measure import (
 from store.hdf5 import FeatureStore
 
 
+class LegacyWorker(ExtractWorker):
+    """extract's model path before the bf16 change, kept as the before/after baseline: the
+    fused fp32 model (in bf16 under autocast, which re-casts every weight on every batch) fed
+    by Preprocess.to_tensor's torch ops. Vectors: the same as ExtractWorker's to the bit."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        model = load_backbone(cfg.weights)
+        super().__init__(cfg, backbone=fuse_conv_bn(model) if cfg.fuse_bn else model)
+
+    def to_input(self, batch: np.ndarray) -> torch.Tensor:
+        return self.pre.to_tensor(batch, self.device)
+
+
 @dataclass(frozen=True)
 class Mode:
     """One benchmarked way of extracting: `naive` is the seed's loop, otherwise `extract` with
-    ExtractConfig(**config) over the bench's settings."""
+    ExtractConfig(**config) over the bench's settings, through `worker` (a factory)."""
 
     what: str
     config: dict[str, Any] = field(default_factory=dict)
     naive: bool = False
+    worker: Callable[[ExtractConfig], ExtractWorker] = ExtractWorker
 
     @property
     def precision(self) -> str:
@@ -66,9 +85,18 @@ class Mode:
 MODES: dict[str, Mode] = {
     "a": Mode("naive seed loop (PIL per image, fp32 eager, NCHW, batch 1)", naive=True),
     "b": Mode("extract defaults (fp32, channels_last, fused BN, batched, threaded decode)"),
-    "c": Mode("extract --precision bf16", {"precision": "bf16"}),
+    "c": Mode("extract --precision bf16 (model converted to bf16 once)", {"precision": "bf16"}),
     "d": Mode("extract --precision bf16 --compile", {"precision": "bf16", "compile": True}),
+    "b0": Mode("b before the change (torch-op normalisation)", worker=LegacyWorker),
+    "c0": Mode("c before the change (autocast per batch, torch-op normalisation)",
+               {"precision": "bf16"}, worker=LegacyWorker),
+    # candidates measured for docs/bench-extract.md, not run by default
+    "b_w1": Mode("b with 1 decode thread", {"workers": 1}),
+    "c_w1": Mode("c with 1 decode thread", {"precision": "bf16", "workers": 1}),
+    "c_b4": Mode("c at batch 4", {"precision": "bf16", "batch_size": 4}),
+    "c_b16": Mode("c at batch 16", {"precision": "bf16", "batch_size": 16}),
 }
+DEFAULT_MODES = ("a", "b", "c", "d", "b0", "c0")
 
 # Phases of an end-to-end run, in ms per image (see `_phases`).
 PHASES = ("hash", "wait_decode", "convert", "model", "write", "other")
@@ -147,84 +175,143 @@ def _phases(timings: dict[str, float], forward_s: float, model_s: float, n: int
     return {k: v * ms for k, v in out.items()}
 
 
-def _run_naive(mode: Mode, paths: list[Path], repeats: int, image_size: int
-               ) -> tuple[dict[str, Any], np.ndarray]:
-    n = len(paths)
-    t0 = time.perf_counter()
-    model = load_backbone("random:0").eval()  # NCHW, fp32, eager
-    _naive(paths[:1], model, image_size)  # warm-up
-    setup = time.perf_counter() - t0
-    runs, vecs = [], np.zeros(0)
-    for _ in range(repeats):
+class _NaiveRun:
+    """Mode a: the seed's loop, image by image; model-only is batch-1 forwards."""
+
+    def __init__(self, mode: Mode, paths: list[Path], image_size: int) -> None:
+        t0 = time.perf_counter()
+        self.paths, self.size = paths, image_size
+        self.model = load_backbone("random:0").eval()  # NCHW, fp32, eager
+        _naive(paths[:1], self.model, image_size)  # warm-up
+        self.setup_s = time.perf_counter() - t0
+        self.vecs = np.zeros(0)
+        self.xs = [torch.randn(1, 3, image_size, image_size) for _ in range(len(paths))]
+
+    def end_to_end(self, r: int) -> tuple[float, dict[str, float] | None]:
         t = time.perf_counter()
-        vecs = _naive(paths, model, image_size)
-        runs.append(n / (time.perf_counter() - t))
-    xs = [torch.randn(1, 3, image_size, image_size) for _ in range(n)]
+        self.vecs = _naive(self.paths, self.model, self.size)
+        return len(self.paths) / (time.perf_counter() - t), None
+
+    def model_only(self) -> tuple[float, float]:
+        t = time.perf_counter()
+        with torch.no_grad():
+            for x in self.xs:
+                self.model(x)
+        rate = len(self.xs) / (time.perf_counter() - t)
+        return rate, rate
+
+
+class _ExtractRun:
+    """An extract mode: `extract()` over the PNGs with a prepared worker whose forward and
+    network are wrapped in clocks (instance attributes shadow the bound method and the
+    prepared model), so a run splits into the phases of `_phases`."""
+
+    def __init__(self, name: str, mode: Mode, paths: list[Path], decoded: np.ndarray,
+                 tmp: Path, batch_size: int, image_size: int) -> None:
+        self.cfg = cfg = _mode_cfg(mode, batch_size, image_size)
+        self.name, self.paths, self.decoded, self.tmp = name, paths, decoded, tmp
+        t0 = time.perf_counter()
+        self.worker = worker = mode.worker(cfg)
+        worker.prepare()
+        worker.forward(decoded[:cfg.batch_size])  # warm-up (compiles in a compile mode)
+        self.setup_s = time.perf_counter() - t0
+        self.fwd, self.net = _Clock(worker.forward), _Clock(worker._model)
+        worker.forward, worker._model = self.fwd, self.net  # type: ignore[method-assign]
+        self.store: Path | None = None
+        self.report: Any = None
+
+    def end_to_end(self, r: int) -> tuple[float, dict[str, float] | None]:
+        torch.set_num_threads(self.cfg.n_threads())  # as prepare() set it for this config
+        self.fwd.s = self.net.s = 0.0
+        self.store = self.tmp / f"{self.name}{r}.h5"
+        rep = self.report = extract(self.paths, self.store, self.cfg, progress=False,
+                                    worker=self.worker)
+        phases = _phases(rep.timings, self.fwd.s, self.net.s, rep.computed)
+        return rep.computed / rep.timings["total_s"], phases
+
+    def model_only(self) -> tuple[float, float]:
+        torch.set_num_threads(self.cfg.n_threads())
+        n, bs = len(self.decoded), self.cfg.batch_size
+        self.fwd.s = self.net.s = 0.0
+        t = time.perf_counter()
+        for i in range(0, n, bs):
+            self.worker.forward(self.decoded[i:i + bs])
+        return n / (time.perf_counter() - t), n / self.net.s if self.net.s > 0 else float("inf")
+
+    @property
+    def vecs(self) -> np.ndarray:
+        rep = self.report
+        with FeatureStore(self.store, mode="r") as fs:
+            return fs.namespace(rep.fingerprint).get_many([rep.keys[str(p)] for p in self.paths])
+
+
+def _run_modes(names: list[str], paths: list[Path], tmp: Path, repeats: int, batch_size: int,
+               image_size: int, log: Callable[[str], None]
+               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], float]:
+    """Set every mode up, then time them in interleaved rounds (a, b, c, a, b, c, ...), so
+    that load from other processes hits every mode alike; each run records the CPU share
+    other processes took meanwhile and this process's peak RSS."""
     t = time.perf_counter()
-    with torch.no_grad():
-        for x in xs:
-            model(x)
-    model_only = n / (time.perf_counter() - t)
-    return {"runs": runs, "model_only_images_per_s": model_only,
-            "network_images_per_s": model_only, "setup_s": setup}, vecs
-
-
-def _run_extract(mode: Mode, paths: list[Path], tmp: Path, name: str, repeats: int,
-                 batch_size: int, image_size: int) -> tuple[dict[str, Any], np.ndarray]:
-    n = len(paths)
-    cfg = _mode_cfg(mode, batch_size, image_size)
-    t0 = time.perf_counter()
-    worker = ExtractWorker(cfg)
-    worker.prepare()
-    t1 = time.perf_counter()
-    batch = np.stack([worker.load(p)[1] for p in paths])  # (N, S, S, 3) uint8, one thread
-    decode_alone = (time.perf_counter() - t1) * 1000.0 / n
-    worker.forward(batch[:batch_size])  # warm-up (compiles in a compile mode)
-    setup = time.perf_counter() - t0 - decode_alone * n / 1000.0
-    # Instance attributes shadow the bound method and the prepared model: the runner and
-    # forward() call these clocks, which split forward into convert + network.
-    fwd, net = _Clock(worker.forward), _Clock(worker._model)
-    worker.forward, worker._model = fwd, net  # type: ignore[method-assign]
-    runs, phases = [], []
+    pre = ExtractWorker(_mode_cfg(MODES["b"], batch_size, image_size))
+    decoded = np.stack([pre.load(p)[1] for p in paths])  # (N, S, S, 3) uint8, one thread
+    decode_alone = (time.perf_counter() - t) * 1000.0 / len(paths)
+    runs: dict[str, Any] = {}
+    for name in names:
+        mode = MODES[name]
+        runs[name] = (_NaiveRun(mode, paths, image_size) if mode.naive else
+                      _ExtractRun(name, mode, paths, decoded, tmp, batch_size, image_size))
+        log(f"mode {name}: set up in {runs[name].setup_s:.1f}s")
+    res: dict[str, dict[str, list]] = {n: {"runs": [], "phases": [], "other": [], "rss": [],
+                                            "model": [], "net": [], "other_model": []}
+                                       for n in names}
     for r in range(repeats):
-        fwd.s = net.s = 0.0
-        store = tmp / f"{name}{r}.h5"
-        rep = extract(paths, store, cfg, progress=False, worker=worker)
-        runs.append(rep.computed / rep.timings["total_s"])
-        phases.append(_phases(rep.timings, fwd.s, net.s, rep.computed))
-    with FeatureStore(store, mode="r") as fs:
-        vecs = fs.namespace(rep.fingerprint).get_many([rep.keys[str(p)] for p in paths])
-    fwd.s = net.s = 0.0
-    t = time.perf_counter()
-    for i in range(0, n, batch_size):
-        worker.forward(batch[i:i + batch_size])
-    model_only = n / (time.perf_counter() - t)
-    network = n / net.s if net.s > 0 else float("inf")
-    worker.close()
-    median_run = runs.index(statistics.median_low(runs))
-    return {"runs": runs, "model_only_images_per_s": model_only,
-            "network_images_per_s": network, "setup_s": setup,
-            "phases_ms_per_image": phases[median_run], "phases_all_runs": phases,
-            "decode_alone_ms_per_image": decode_alone}, np.asarray(vecs, dtype=np.float32)
+        for name, run in runs.items():
+            gc.collect()
+            with RssPeak(every_s=0.01, trim=False) as rss, CpuShare() as cpu:
+                rate, phases = run.end_to_end(r)
+            with CpuShare() as cpu_model:
+                model, net = run.model_only()
+            out = res[name]
+            out["runs"].append(rate)
+            out["phases"].append(phases)
+            out["other"].append(cpu.other_share)
+            out["rss"].append((rss.before, rss.peak))
+            out["model"].append(model)
+            out["net"].append(net)
+            out["other_model"].append(cpu_model.other_share)
+            log(f"round {r + 1}/{repeats} mode {name}: {rate:.1f} img/s end to end, "
+                f"{model:.1f} model only (other processes: {_pct(cpu.other_share)} CPU)")
+    rows, vecs = [], {}
+    for name, run in runs.items():
+        mode, out = MODES[name], res[name]
+        med = statistics.median(out["runs"])
+        i = out["runs"].index(statistics.median_low(out["runs"]))
+        row: dict[str, Any] = {
+            "mode": name, "what": mode.what, "precision": mode.precision,
+            "config": {k: v for k, v in mode.config.items()},
+            "images_per_s": med, "runs": out["runs"], "best_images_per_s": max(out["runs"]),
+            "model_only_images_per_s": statistics.median(out["model"]),
+            "model_only_runs": out["model"],
+            "network_images_per_s": statistics.median(out["net"]),
+            "setup_s": run.setup_s,
+            "other_cpu_share": out["other"], "other_cpu_share_model_only": out["other_model"],
+            "peak_rss_mb": max(p for _, p in out["rss"]),
+            "peak_growth_mb": max(p - b for b, p in out["rss"]),
+        }
+        row["end_to_end_over_model"] = med / row["model_only_images_per_s"]
+        if out["phases"][i] is not None:
+            row["phases_ms_per_image"] = out["phases"][i]
+            row["phases_all_runs"] = out["phases"]
+            row["decode_alone_ms_per_image"] = decode_alone
+        if isinstance(run, _ExtractRun):
+            run.worker.close()
+        rows.append(row)
+        vecs[name] = np.asarray(run.vecs, dtype=np.float32)
+    return rows, vecs, decode_alone
 
 
-def _run_mode(name: str, paths: list[Path], tmp: Path, repeats: int, batch_size: int,
-              image_size: int, log: Callable[[str], None]) -> tuple[dict[str, Any], np.ndarray]:
-    mode = MODES[name]
-    with RssPeak(every_s=0.01, trim=False) as rss:
-        if mode.naive:
-            row, vecs = _run_naive(mode, paths, repeats, image_size)
-        else:
-            row, vecs = _run_extract(mode, paths, tmp, name, repeats, batch_size, image_size)
-    med = statistics.median(row["runs"])
-    log(f"mode {name}: {med:.1f} img/s (model only {row['model_only_images_per_s']:.1f}), "
-        f"setup {row['setup_s']:.1f}s")
-    row = {"mode": name, "what": mode.what, "precision": mode.precision,
-           "images_per_s": med, **row,
-           "end_to_end_over_model": med / row["model_only_images_per_s"],
-           "peak_rss_mb": rss.peak, "peak_growth_mb": rss.peak - rss.before}
-    gc.collect()
-    return row, np.asarray(vecs, dtype=np.float32)
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{share:.0%}"
 
 
 def judge(row: dict[str, Any], roofline: dict[str, Any]) -> dict[str, Any]:
@@ -252,35 +339,37 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
               modes: list[str] | None = None, peak_size: int = 2048, peak_repeats: int = 10,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the modes in this process on generated PNGs; returns the JSON-ready result."""
-    modes = modes or list(MODES)
+    modes = modes or list(DEFAULT_MODES)
     threads = ExtractConfig().n_threads()  # what extract's prepare() sets
     machine = machine_info()
-    before = matmul_peaks(threads, peak_size, peak_repeats)
-    log(f"matmul peak before: fp32 {before['fp32']:.0f}, bf16 {before['bf16']:.0f} GFLOP/s")
+    with CpuShare() as cpu:
+        before = matmul_peaks(threads, peak_size, peak_repeats)
+    log(f"matmul peak before: fp32 {before['fp32']:.0f}, bf16 {before['bf16']:.0f} GFLOP/s "
+        f"(other processes: {_pct(cpu.other_share)} CPU)")
     gflop = model_gflops(load_backbone("random:0"), image_size)
-    rows, vecs = [], {}
     import_rss = rss_mb()  # torch + torchvision + numpy loaded, no model yet
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as d:
         tmp = Path(d)
         paths = make_pngs(tmp / "png", n_images)
-        for name in modes:
-            row, vecs[name] = _run_mode(name, paths, tmp, repeats, batch_size, image_size, log)
-            rows.append(row)
-    after = matmul_peaks(threads, peak_size, peak_repeats)
+        rows, vecs, _ = _run_modes(modes, paths, tmp, repeats, batch_size, image_size, log)
+    torch.set_num_threads(threads)
+    with CpuShare() as cpu_after:
+        after = matmul_peaks(threads, peak_size, peak_repeats)
     log(f"matmul peak after: fp32 {after['fp32']:.0f}, bf16 {after['bf16']:.0f} GFLOP/s")
     roofline = {
         "method": f"torch.mm {peak_size}x{peak_size}, {threads} threads, best of "
                   f"{peak_repeats}, probed before and after the modes; the higher counts",
         "threads": threads, "matmul_size": peak_size, "repeats": peak_repeats,
         "before_gflops": before, "after_gflops": after,
+        "other_cpu_share_during_probes": [cpu.other_share, cpu_after.other_share],
         "peak_gflops": {p: max(before[p], after[p]) for p in before},
         "gflop_per_image": gflop,
         "flops_counted": "torch.utils.flop_counter.FlopCounterMode, one (1, 3, S, S) forward "
                          "of the unfused ResNet-50 feature extractor",
     }
     roofline["images_per_s_ceiling"] = {p: v / gflop for p, v in roofline["peak_gflops"].items()}
-    # fp32 reference: mode b (same preprocessing as c/d); a composites no alpha (the seed's
-    # .convert("RGB") drops it), so a-vs-b cosines also show that preprocessing difference.
+    # fp32 reference: mode b (same preprocessing as the others); a composites no alpha (the
+    # seed's .convert("RGB") drops it), so a-vs-b cosines also show that difference.
     ref_mode = "b" if "b" in vecs else ("a" if "a" in vecs else None)
     base = next((r["images_per_s"] for r in rows if r["mode"] == "a"), None)
     for r in rows:
@@ -288,6 +377,8 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
         if ref_mode is not None:
             r["cos_min"], r["cos_mean"] = _cosines(vecs[r["mode"]], vecs[ref_mode])
         r["cos_reference"] = ref_mode
+        r["identical_vectors_to"] = [o for o in vecs if o != r["mode"]
+                                     and np.array_equal(vecs[o], vecs[r["mode"]])]
         judge(r, roofline)
     return {"bench": "extract", "date": datetime.date.today().isoformat(),
             "machine": machine, "load_average_after": machine_info().get("load_average"),
@@ -295,12 +386,15 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
             "repeats": repeats, "batch_size": batch_size, "image_size": image_size,
             "threads": threads, "weights": "random:0", "roofline": roofline,
             "valid": all(r["valid"] for r in rows),
+            "order": "modes set up first, then timed in interleaved rounds; img/s is the "
+                     "median of the rounds, other_cpu_share the CPU share other processes "
+                     "took during each round (near 0: a quiet machine)",
             "phases": "ms per image of the median end-to-end run, summing to its wall time: "
                       "hash pass, model thread waiting for decode, uint8->input conversion and "
                       "output cast, network, store write, other; decode runs in threads beside "
                       "the model, decode_alone is one thread with nothing else running",
-            "rss": "peak VmRSS of this process sampled every 10 ms during each mode; "
-                   "growth = peak minus RSS at the mode's start",
+            "rss": "peak VmRSS of this process sampled every 10 ms during each end-to-end "
+                   "run; growth = peak minus RSS at the run's start (all modes stay loaded)",
             "import_rss_mb": import_rss,
             "modes": rows}
 
@@ -316,27 +410,36 @@ def format_table(result: dict[str, Any]) -> str:
              f"({roof['method']}); ResNet-50 at {result['image_size']} px = "
              f"{roof['gflop_per_image']:.2f} GFLOP/img -> ceiling fp32 {ceil['fp32']:.1f}, "
              f"bf16 {ceil['bf16']:.1f} img/s",
-             f"{'mode':<5}{'prec':<6}{'img/s':>8}{'x a':>7}{'roof':>7}{'model img/s':>13}"
-             f"{'roof':>7}{'net img/s':>11}{'roof':>7}{'cos min':>10}{'RSS MiB':>9}"
-             f"{'setup s':>9}  flag"]
+             f"{'mode':<6}{'prec':<5}{'img/s':>7}{'best':>7}{'x a':>6}{'roof':>6}"
+             f"{'model':>7}{'roof':>6}{'net':>7}{'roof':>6}{'cos min':>9}{'RSS':>6}"
+             f"{'setup s':>8}{'other CPU':>10}  flag"]
     for r in result["modes"]:
         ratio = f"{r['ratio_to_a']:.2f}" if r.get("ratio_to_a") else "-"
         cmin = f"{r['cos_min']:.5f}" if "cos_min" in r else "-"
+        shares = [v for v in r["other_cpu_share"] if v is not None]
+        other = f"{max(shares):.0%}" if shares else "?"
         lines.append(
-            f"{r['mode']:<5}{r['precision']:<6}{r['images_per_s']:>8.1f}{ratio:>7}"
-            f"{r['roofline_fraction']:>7.2f}{r['model_only_images_per_s']:>13.1f}"
-            f"{r['model_only_roofline_fraction']:>7.2f}{r['network_images_per_s']:>11.1f}"
-            f"{r['network_roofline_fraction']:>7.2f}{cmin:>10}{r['peak_rss_mb']:>9.0f}"
-            f"{r['setup_s']:>9.1f}  {'ok' if r['valid'] else 'INVALID'}")
-    lines.append(f"roof = img/s x GFLOP/img / peak of the mode's precision; model = forward of "
-                 f"decoded batches (convert + network), net = network alone; cosines vs mode "
-                 f"{result['modes'][0].get('cos_reference')} (fp32)")
-    lines.append(f"{'mode':<5}" + "".join(f"{p:>12}" for p in PHASES)
+            f"{r['mode']:<6}{r['precision']:<5}{r['images_per_s']:>7.1f}"
+            f"{r['best_images_per_s']:>7.1f}{ratio:>6}{r['roofline_fraction']:>6.2f}"
+            f"{r['model_only_images_per_s']:>7.1f}{r['model_only_roofline_fraction']:>6.2f}"
+            f"{r['network_images_per_s']:>7.1f}{r['network_roofline_fraction']:>6.2f}"
+            f"{cmin:>9}{r['peak_rss_mb']:>6.0f}{r['setup_s']:>8.1f}{other:>10}  "
+            f"{'ok' if r['valid'] else 'INVALID'}")
+    lines.append("img/s = median of the rounds end to end (best: fastest round); roof = img/s x "
+                 "GFLOP/img / peak of the mode's precision; model = forward of decoded batches "
+                 "(convert + network), net = network alone; cosines vs mode "
+                 f"{result['modes'][0].get('cos_reference')} (fp32); other CPU = most CPU "
+                 "other processes took during a round")
+    same = [f"{r['mode']}={'='.join(r['identical_vectors_to'])}" for r in result["modes"]
+            if r["identical_vectors_to"] and r["mode"] < min(r["identical_vectors_to"])]
+    if same:
+        lines.append(f"identical vectors (to the bit): {', '.join(same)}")
+    lines.append(f"{'mode':<6}" + "".join(f"{p:>12}" for p in PHASES)
                  + f"{'decode alone':>14}   ms/img, median run")
     for r in result["modes"]:
         if "phases_ms_per_image" in r:
             ph = r["phases_ms_per_image"]
-            lines.append(f"{r['mode']:<5}" + "".join(f"{ph[p]:>12.2f}" for p in PHASES)
+            lines.append(f"{r['mode']:<6}" + "".join(f"{ph[p]:>12.2f}" for p in PHASES)
                          + f"{r['decode_alone_ms_per_image']:>14.2f}")
     for r in result["modes"]:
         for why in r["invalid_reasons"]:

@@ -161,13 +161,17 @@ def test_bench_extract_reports_roofline_and_marks_impossible_figures(
 
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "extract", "--images", "3", "--repeats", "1",
-                                      "--modes", "a,b,c", "--image-size", "32", "--batch-size",
-                                      "2", "--peak-repeats", "2", "--out", str(out)])
+                                      "--modes", "a,b,c,c0", "--image-size", "32",
+                                      "--batch-size", "2", "--peak-repeats", "2", "--out",
+                                      str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     modes = {m["mode"]: m for m in data["modes"]}
-    assert set(modes) == {"a", "b", "c"} and data["images"] == 3
+    assert set(modes) == {"a", "b", "c", "c0"} and data["images"] == 3
     assert modes["a"]["ratio_to_a"] == 1.0
+    # bf16 converted once gives the vectors of the autocast path it replaced, to the bit
+    assert modes["c"]["identical_vectors_to"] == ["c0"]
+    assert len(modes["b"]["other_cpu_share"]) == 1  # one round
     roof = data["roofline"]
     assert roof["gflop_per_image"] == pytest.approx(0.1668, rel=0.01)  # ResNet-50 at 32 px
     assert roof["peak_gflops"]["fp32"] > 0 and roof["peak_gflops"]["bf16"] > 0
