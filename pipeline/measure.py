@@ -172,10 +172,17 @@ def machine_info() -> dict[str, Any]:
         out["load_average"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
+    # thread settings from the environment decide how OpenMP/MKL share the cores
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+                                      "GOMP_SPINCOUNT", "KMP_BLOCKTIME") if k in os.environ}
+    if env:
+        out["thread_env"] = env
     torch = sys.modules.get("torch")
     if torch is not None:
         out["torch"] = torch.__version__
         out["torch_threads"] = torch.get_num_threads()
+        out["torch_interop_threads"] = torch.get_num_interop_threads()
+        out["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return out
 
 
@@ -185,3 +192,107 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     mem = f", {info['memory_gib']:.0f} GiB" if "memory_gib" in info else ""
     load = f", load {info['load_average'][0]:.2f}" if "load_average" in info else ""
     return f"{info['cpu']}, {info['cores']} cores{mem}{load}"
+
+
+# -- the machine's compute ceiling (roofline) -----------------------------------------------
+
+def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: int = 2048,
+                       repeats: int = 10) -> float:
+    """Best-of-`repeats` GFLOP/s of torch.mm on two (n, n) `dtype` matrices at `threads` torch
+    threads (None: as set): the dense-compute ceiling torch reaches on this machine, counted
+    as 2 n^3 FLOPs per product. The caller's thread setting is restored."""
+    import time
+
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=gen).to(getattr(torch, dtype))
+        b = torch.randn(n, n, generator=gen).to(getattr(torch, dtype))
+        torch.mm(a, b)  # warm-up: kernel selection and first-touch of the output
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def matmul_peaks(threads: int | None = None, n: int = 2048, repeats: int = 10
+                 ) -> dict[str, float]:
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s}: matmul_peak_gflops in the two precisions extract
+    runs, the roofline that benchmarks and validation judge throughput against."""
+    return {p: matmul_peak_gflops(dt, threads=threads, n=n, repeats=repeats)
+            for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
+
+
+def model_gflops(model: Any, image_size: int) -> float:
+    """GFLOP of one (1, 3, S, S) forward of `model`, counted by torch.utils.flop_counter
+    (2 FLOPs per multiply-add of convolutions and matmuls; elementwise ops not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, image_size, image_size)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def roofline_fraction(images_per_s: float, gflop_per_image: float, peak_gflops: float) -> float:
+    """Share of the machine's peak that a throughput uses: img/s x GFLOP/img / peak GFLOP/s.
+    Above 1.0 the figure is impossible on this machine (measured elsewhere, or mis-timed)."""
+    return images_per_s * gflop_per_image / peak_gflops if peak_gflops > 0 else float("inf")
+
+
+# -- who else used the CPU ------------------------------------------------------------------
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    total = sum(vals[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def _own_jiffies() -> int:
+    """utime + stime clock ticks of this process, all its threads."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class CpuShare:
+    """CPU used by *other* processes while a block runs, as a share of the machine's cores:
+    a timing is only worth quoting when this is near 0 (the load average lags by a minute and
+    counts this process too). Linux only; `other_share` is None elsewhere."""
+
+    def __enter__(self) -> CpuShare:
+        self.other_share: float | None = None
+        self.own_share: float | None = None
+        try:
+            self._busy, self._total = _cpu_jiffies()
+            self._own = _own_jiffies()
+        except OSError:
+            self._busy = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._busy is None:
+            return
+        busy, total = _cpu_jiffies()
+        own = _own_jiffies() - self._own
+        span = max(total - self._total, 1)
+        self.own_share = own / span
+        self.other_share = max(busy - self._busy - own, 0) / span
+
+    def to_json(self) -> dict[str, float | None]:
+        r = (lambda v: round(v, 3) if v is not None else None)
+        return {"other_processes_cpu_share": r(self.other_share),
+                "this_process_cpu_share": r(self.own_share)}

@@ -92,30 +92,42 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 
 
 @click.command("extract")
-@click.option("--images", type=click.IntRange(1), default=200, show_default=True,
+@click.option("--images", type=click.IntRange(1), default=300, show_default=True,
               help="Generated 256x256 PNGs.")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Timed runs per mode (median reported).")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
-              help="Forward batch of modes b-d (extract's default).")
+              help="Forward batch of the extract modes (extract's default).")
 @click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
-@click.option("--modes", default="a,b,c,d", show_default=True,
-              help="Subset of a (naive seed loop), b (defaults), c (bf16), d (bf16+compile).")
+@click.option("--modes", default="a,b,c,d,b0,c0", show_default=True,
+              help="Comma-separated keys of pipeline.bench.extract.MODES: a (naive seed loop), "
+                   "b (defaults), c (bf16), d (bf16+compile), b0/c0 (b/c before the bf16 "
+                   "change); candidates b_w1, c_w1 (1 decode thread), c_b4, c_b16 (batch).")
+@click.option("--peak-size", type=click.IntRange(16), default=2048, show_default=True,
+              help="Side of the square torch.mm that measures the machine's peak GFLOP/s.")
+@click.option("--peak-repeats", type=click.IntRange(1), default=10, show_default=True,
+              help="Matmuls per precision and probe (best counts).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("bench-results/extract.json"), show_default=True)
 def bench_extract(images: int, repeats: int, batch_size: int, image_size: int, modes: str,
-                  out: Path) -> None:
-    """Extract throughput: naive seed loop vs defaults vs bf16 vs bf16+compile (random:0)."""
+                  peak_size: int, peak_repeats: int, out: Path) -> None:
+    """Extract throughput per mode (random:0 weights), end to end and model-only, as a
+    fraction of this machine's roofline (matmul peak measured in the same run); figures above
+    the roofline are marked INVALID. Exit 1 if any is."""
     from pipeline.atomic import atomic_write_text
-    from pipeline.bench.extract import format_table, run_bench
+    from pipeline.bench.extract import MODES, format_table, run_bench
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    bad = sorted(set(wanted) - set("abcd"))
-    if bad:
-        raise click.BadParameter(f"unknown mode(s) {bad}", param_hint="--modes")
+    bad = sorted(set(wanted) - set(MODES))
+    if bad or not wanted:
+        raise click.BadParameter(f"unknown mode(s) {bad}; known: {', '.join(MODES)}",
+                                 param_hint="--modes")
     result = run_bench(n_images=images, repeats=repeats, batch_size=batch_size,
-                       image_size=image_size, modes=wanted,
-                       log=lambda s: click.echo(s, err=True))
+                       image_size=image_size, modes=wanted, peak_size=peak_size,
+                       peak_repeats=peak_repeats, log=lambda s: click.echo(s, err=True))
     atomic_write_text(out, json.dumps(result, indent=2))
     click.echo(format_table(result))
     click.echo(f"wrote {out}")
+    if not result["valid"]:
+        raise click.ClickException("a figure is above the roofline measured in this run "
+                                   "(marked INVALID above): it was not measured as it claims")

@@ -80,7 +80,13 @@ class ExtractWorker:
         return state
 
     def prepare(self) -> None:
-        """Build the backbone (if not injected) and apply the speed options; idempotent."""
+        """Build the backbone (if not injected) and apply the speed options; idempotent.
+
+        bf16 converts the built model to bf16 once, here (after BatchNorm fusion, which folds
+        in fp32), instead of autocast re-casting every fp32 weight on every batch; the vectors
+        are the same to the bit (tests/extract/test_backbone.py). An injected backbone keeps
+        its dtype (it is the caller's module) and runs under autocast in bf16, as before.
+        """
         if self._model is not None:
             return
         cfg = self.cfg
@@ -94,9 +100,14 @@ class ExtractWorker:
             model = self._builder(cfg)
             if cfg.fuse_bn:
                 model = fuse_conv_bn(model)
+            if cfg.precision == "bf16":
+                model = model.to(torch.bfloat16)
         model = model.eval().to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        # to_input feeds the model its own dtype: bf16 for a converted model, else fp32
+        self._input_dtype = next((p.dtype for p in model.parameters()
+                                  if p.is_floating_point()), torch.float32)
         self._backbone = model
         self._model = torch.compile(model, dynamic=False) if cfg.compile else model
 
@@ -136,8 +147,33 @@ class ExtractWorker:
         return imstats.DIM
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the device."""
-        return self.pre.to_tensor(batch, self.device)
+        """uint8 (B, S, S, 3) -> normalised (B, 3, S, S) on the device, in the model's dtype
+        (bf16 for a model prepare() converted, else float32).
+
+        On CPU each channel goes through a 256-entry table (numpy, in this thread) holding what
+        Preprocess.to_tensor's fp32 ops give for every uint8 value (rounded to bf16 for a bf16
+        model, as autocast rounds the input): the same numbers to the bit, but no torch
+        parallel region — to_tensor runs four per batch, each a thread barrier that the decode
+        threads, busy on the same cores, stall. The permuted NHWC array is channels_last.
+        """
+        bf16 = getattr(self, "_input_dtype", torch.float32) == torch.bfloat16
+        if self.device.type != "cpu":
+            x = self.pre.to_tensor(batch, self.device)
+            return x.to(torch.bfloat16) if bf16 else x
+        luts = self.__dict__.setdefault("_luts", {})
+        if bf16 not in luts:  # (3, 256): to_tensor over every value, channel by channel
+            every = np.repeat(np.arange(256, dtype=np.uint8), 3).reshape(1, 1, 256, 3)
+            table = self.pre.to_tensor(every)[0, :, 0, :]  # (3, 256) float32
+            table = table.to(torch.bfloat16).view(torch.int16) if bf16 else table
+            luts[bf16] = np.ascontiguousarray(table.numpy())
+        lut = luts[bf16]
+        out = np.empty(batch.shape, dtype=lut.dtype)  # (B, S, S, 3)
+        for c in range(3):
+            np.take(lut[c], batch[..., c], out=out[..., c], mode="clip")
+        x = torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, 3, S, S), channels_last strides
+        if bf16:
+            x = x.view(torch.bfloat16)
+        return x if self.cfg.channels_last else x.contiguous()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (B, S, S, 3) -> float32 (B, D) vectors."""
@@ -148,9 +184,11 @@ class ExtractWorker:
             # Pad the short last batch: one static shape, so inductor compiles only once.
             pad = np.zeros((self.cfg.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, pad])
-        x = self.to_input(batch)
-        with torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        x = self.to_input(batch)  # (B, 3, S, S) in the model's dtype
+        # autocast only for an injected model that prepare() left in fp32
+        autocast = self.cfg.precision == "bf16" and x.dtype != torch.bfloat16
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=autocast):
             y = self._model(x)  # (B, D)
         return y[:n].float().cpu().numpy()
 

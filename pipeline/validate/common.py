@@ -52,7 +52,11 @@ class ValidateConfig:
     target_single_ms: float = 50.0
     target_batch8_ms: float = 200.0
     target_head_ms: float = 10.0
-    perf_fast_path: bool = True  # also time bf16 + channels-last (informational)
+    # also time the extractor in the other precision (fp32 <-> bf16), as information
+    perf_fast_path: bool = True
+    # roofline: torch.mm of this side, best of this many, per precision
+    roofline_matmul_size: int = 2048
+    roofline_repeats: int = 10
     # stability
     large_value: float = 1e4
     small_value: float = 1e-6
@@ -87,6 +91,8 @@ class ValidateConfig:
         if not self.compare_heads or any(not h for h in self.compare_heads):
             raise ValueError("compare_heads must list at least one head, each with at least "
                              "one hidden layer")
+        if self.roofline_matmul_size < 16 or self.roofline_repeats < 1:
+            raise ValueError("roofline_matmul_size must be >= 16 and roofline_repeats >= 1")
         if self.grad_batch < 2:
             raise ValueError("grad_batch must be >= 2 (BatchNorm needs 2 rows in train mode)")
 

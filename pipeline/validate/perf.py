@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.measure import cpu_count, peak_rss, rss_mb, weights_bytes
+from pipeline.measure import (
+    cpu_count,
+    matmul_peaks,
+    model_gflops,
+    peak_rss,
+    roofline_fraction,
+    rss_mb,
+    weights_bytes,
+)
 from pipeline.validate.common import CheckResult, ValidateConfig, call_model, make_input
 
 
@@ -105,33 +115,63 @@ def _times_ms(fn: Any, inputs: dict[int, torch.Tensor], repeats: int) -> dict[in
     return times
 
 
-def _fast_path(model: nn.Module, cfg: ValidateConfig
-               ) -> tuple[str, dict[int, list[float]]] | None:
-    """Latency of a channels-last copy under bf16 autocast (where the CPU has bf16), the
-    extractor's `--precision bf16` path, at all cores for the batch sizes 1 and 8."""
+def _product_path(model: nn.Module, extractor: Any) -> tuple[str, Callable[[Any], Any]] | None:
+    """The extractor as `extract` runs it for `extractor` (an ExtractConfig) — built by
+    ExtractWorker.prepare from a copy of the model's backbone, so fusion, precision, memory
+    format, compile and threads are the product's — followed by the model's head. Maps a
+    uint8 (B, S, S, 3) batch to (B, 1) predictions. None when the model has no
+    feature_extractor + predictor to build it from."""
     import copy
 
-    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    label = "bf16 autocast + channels-last" if bf16 else "fp32 channels-last"
-    fast = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    from pipeline.extract.worker import ExtractWorker
 
-    def run(x: torch.Tensor) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            call_model(fast, x)
+    backbone = getattr(model, "feature_extractor", None)
+    head = getattr(model, "predictor", None)
+    if not (isinstance(backbone, nn.Module) and isinstance(head, nn.Module)):
+        return None
+    worker = ExtractWorker(extractor, builder=lambda _cfg: copy.deepcopy(backbone))
+    worker.prepare()
 
-    inputs = {b: make_input(b, cfg.image_size, cfg.seed).contiguous(
-        memory_format=torch.channels_last) for b in (1, 8) if b in cfg.latency_batch_sizes}
-    return (label, _times_ms(run, inputs, cfg.latency_repeats)) if inputs else None
+    def run(batch: Any) -> torch.Tensor:
+        return head(torch.from_numpy(worker.forward(batch)))  # (B, 2048) -> (B, 1)
+
+    e = extractor
+    label = (f"extractor as configured: {e.precision}, "
+             f"{'channels_last' if e.channels_last else 'NCHW'}, "
+             f"{'fused BN' if e.fuse_bn else 'BN unfused'}{', compiled' if e.compile else ''}, "
+             f"{e.n_threads()} threads, uint8 in (conversion included), head fp32")
+    return label, run
 
 
-def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
-    """Median latency per batch size at 1 thread and all cores; seed targets at all cores."""
+def _uint8_batches(sizes: Any, size: int, seed: int) -> dict[int, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {b: rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8) for b in sizes}
+
+
+def _roofline(model: nn.Module, cfg: ValidateConfig, threads: int) -> dict[str, Any]:
+    """Matmul peaks at `threads` and the model's GFLOP per image at cfg.image_size."""
+    peaks = matmul_peaks(threads, cfg.roofline_matmul_size, cfg.roofline_repeats)
+    return {"peak_gflops": peaks, "gflop_per_image": model_gflops(model, cfg.image_size),
+            "method": f"torch.mm {cfg.roofline_matmul_size}x{cfg.roofline_matmul_size}, "
+                      f"{threads} threads, best of {cfg.roofline_repeats}; FLOPs by "
+                      "torch.utils.flop_counter (backbone + head, one image)"}
+
+
+def check_performance(model: nn.Module, cfg: ValidateConfig,
+                      extractor: Any = None) -> CheckResult:
+    """Seed targets (single image, batch of 8, head alone) judged on what the product runs:
+    the extractor as `extractor` (ExtractConfig) configures it, plus the head. The model as
+    given (eager, its own precision and layout) is timed beside it at 1 thread and all cores,
+    as information; each target is also put against the machine's roofline."""
     res = CheckResult("performance")
     model.eval()
     cores = cpu_count()
     old_threads = torch.get_num_threads()
     thread_counts = sorted({1, cores})
     times: dict[int, dict[int, list[float]]] = {}
+    product = None
     try:
         for threads in thread_counts:
             torch.set_num_threads(threads)
@@ -140,7 +180,24 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
                 {b: make_input(b, cfg.image_size, cfg.seed) for b in cfg.latency_batch_sizes},
                 cfg.latency_repeats)
         torch.set_num_threads(cores)
-        fast = _fast_path(model, cfg) if cfg.perf_fast_path else None
+        built = _product_path(model, extractor) if extractor is not None else None
+        other = None
+        if built is not None and cfg.perf_fast_path:
+            # information: the same extractor in the other precision (what the flag would give)
+            alt = dataclasses.replace(
+                extractor, precision="fp32" if extractor.precision == "bf16" else "bf16")
+            other = _product_path(model, alt)
+        if built is not None:
+            label, run = built
+            torch.set_num_threads(extractor.n_threads())  # what prepare() sets
+            inputs = _uint8_batches(cfg.latency_batch_sizes, cfg.image_size, cfg.seed)
+            product = [(label, "verdict", _times_ms(run, inputs, cfg.latency_repeats))]
+            if other is not None:
+                product.append((other[0], "information", _times_ms(
+                    other[1], {b: x for b, x in inputs.items() if b in (1, 8)},
+                    cfg.latency_repeats)))
+        verdict_threads = torch.get_num_threads()
+        roof = _roofline(model, cfg, verdict_threads)
         head = getattr(model, "predictor", None)
         head_ms = None
         if isinstance(head, nn.Module):
@@ -156,36 +213,71 @@ def check_performance(model: nn.Module, cfg: ValidateConfig) -> CheckResult:
             for t, per in times.items() for b, ts in per.items()]
     res.table("latency_ms", ["threads", "batch", "median ms per batch", "min ms per batch",
                              "median ms per image"], rows)
-    full = latency[cores]
+    plain = latency[cores]
+    if product is not None:
+        path = product[0][0]
+        full = {b: statistics.median(ts) for b, ts in product[0][2].items()}
+        precision = extractor.precision
+        res.table("product_ms", ["path", "role", "batch", "median ms per batch",
+                                 "min ms per batch", "x model as given"],
+                  [[label, role, b, round(statistics.median(ts), 3), round(min(ts), 3),
+                    round(plain[b] / statistics.median(ts), 3)]
+                   for label, role, per in product for b, ts in per.items()])
+    else:
+        path, full, precision = f"model as given ({cores} threads)", plain, "fp32"
     # per-image latency at batch 1 (or the smallest batch measured, per image)
     single = full[1] if 1 in full else full[min(full)] / min(full)
-    targets = [["single image (batch 1)", single, cfg.target_single_ms]]
+    targets = [["single image (batch 1)", 1, single, cfg.target_single_ms]]
     if 8 in full:
-        targets.append(["batch of 8", full[8], cfg.target_batch8_ms])
-    if head_ms is not None:
-        targets.append(["head alone (batch 1)", head_ms, cfg.target_head_ms])
-    target_rows = []
-    for name, ms, limit in targets:
+        targets.append(["batch of 8", 8, full[8], cfg.target_batch8_ms])
+    gflop, peaks = roof["gflop_per_image"], roof["peak_gflops"]
+    target_rows, roof_rows = [], []
+    for name, batch, ms, limit in targets:
         ok = ms < limit
         if not ok:
-            res.fail(f"{name}: {ms:.2f} ms >= target {limit:g} ms ({cores} threads)")
+            res.fail(f"{name}: {ms:.2f} ms >= target {limit:g} ms ({path})")
         target_rows.append([name, round(ms, 3), limit, "pass" if ok else "fail"])
+        need = batch * 1000.0 / limit  # img/s the target asks for
+        got = batch * 1000.0 / ms
+        measured = roofline_fraction(got, gflop, peaks[precision])
+        if measured > 1.0:
+            res.fail(f"{name}: {got:.1f} img/s is {measured:.2f}x the measured {precision} "
+                     f"roofline: the timing cannot be right")
+        roof_rows.append([name, round(need, 2), round(need * gflop, 1),
+                          round(roofline_fraction(need, gflop, peaks["fp32"]), 3),
+                          round(roofline_fraction(need, gflop, peaks["bf16"]), 3),
+                          round(got, 2), round(measured, 3)])
+    if head_ms is not None:
+        ok = head_ms < cfg.target_head_ms
+        if not ok:
+            res.fail(f"head alone (batch 1): {head_ms:.2f} ms >= target {cfg.target_head_ms:g} ms")
+        target_rows.append(["head alone (batch 1)", round(head_ms, 3), cfg.target_head_ms,
+                            "pass" if ok else "fail"])
     res.table("targets", ["measure", "median ms", "target ms (<)", "result"], target_rows)
-    if fast is not None:  # informational: the verdict stays on the model as built
-        label, fast_times = fast
-        res.table("fast_path_ms", ["path", "batch", "median ms per batch", "x fp32 as built"],
-                  [[label, b, round(statistics.median(ts), 3),
-                    round(full[b] / statistics.median(ts), 3)] for b, ts in fast_times.items()])
+    res.table("targets_vs_roofline",
+              ["measure", "target img/s", "target GFLOP/s", "target / fp32 roofline",
+               "target / bf16 roofline", "measured img/s", f"measured / {precision} roofline"],
+              roof_rows)
     one, many = latency[1], latency[cores]
     res.figures.update({
-        "cores": cores, "single_image_ms": single, "batch8_ms": full.get(8), "head_ms": head_ms,
+        "cores": cores, "verdict_path": path, "verdict_precision": precision,
+        "single_image_ms": single, "batch8_ms": full.get(8), "head_ms": head_ms,
+        "plain_single_image_ms": plain[1] if 1 in plain else None,
+        "plain_batch8_ms": plain.get(8),
+        "roofline": roof,
         "speedup_all_cores_vs_1": {str(b): one[b] / many[b] for b in one if many[b] > 0},
         "latency_ms": {str(t): {str(b): ms for b, ms in per.items()}
                        for t, per in latency.items()},
     })
-    res.summary = (f"single {single:.1f} ms, batch-8 {full.get(8, float('nan')):.1f} ms, "
-                   f"head {head_ms if head_ms is not None else float('nan'):.3f} ms "
-                   f"on {cores} threads")
+    plain_note = (f"; model as given {plain[1]:.1f} / {plain.get(8, float('nan')):.1f} ms"
+                  if product is not None and 1 in plain else "")
+    asks = roof_rows[-1]  # the batch-of-8 target where measured, else the single image
+    res.summary = (f"single {single:.1f} ms, batch-8 {full.get(8, float('nan')):.1f} ms "
+                   f"({precision} as configured{'' if product else ': model as given'}), "
+                   f"head {head_ms if head_ms is not None else float('nan'):.3f} ms"
+                   f"{plain_note}; {asks[0]} target = {asks[1]:g} img/s = {asks[3]:.2f} of the "
+                   f"fp32 / {asks[4]:.2f} of the bf16 roofline, measured {asks[6]:.2f} of "
+                   f"{precision}'s")
     return res
 
 

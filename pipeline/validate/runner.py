@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from pipeline.config import config_to_dict
 from pipeline.extract.preprocess import Preprocess
+from pipeline.extract.spec import ExtractConfig
 from pipeline.measure import count_parameters, machine_info, weights_bytes
 from pipeline.validate.checks import check_dimensions, check_gradients, check_stability
 from pipeline.validate.common import (
@@ -45,17 +46,22 @@ def run_validation(model: nn.Module, cfg: ValidateConfig | None = None, *,
                    images: Sequence[Path] | None = None,
                    labeled: LabeledFeatures | None = None,
                    preprocess: Preprocess | None = None,
+                   extractor: ExtractConfig | None = None,
                    source: str = "", progress: bool = False) -> dict[str, Any]:
     """Run the checks named in cfg.checks on `model` (forward(x) -> (pred (B,1), feats (B,D)))
     and return the report dict (see pipeline/validate/schema.json). A check that raises is
-    reported as failed with the exception; the model's train/eval mode is restored."""
+    reported as failed with the exception; the model's train/eval mode is restored.
+
+    `extractor`: the stage-one config the product runs; the performance verdict is then given
+    on the backbone as ExtractWorker.prepare builds it for that config (the model as given is
+    timed beside it). None: the verdict is on the model as given."""
     cfg = cfg or ValidateConfig()
     was_training = model.training
     runners: dict[str, Callable[[], CheckResult]] = {
         "dimensions": lambda: check_dimensions(model, cfg),
         "gradients": lambda: check_gradients(model, cfg),
         "memory": lambda: check_memory(model, cfg),
-        "performance": lambda: check_performance(model, cfg),
+        "performance": lambda: check_performance(model, cfg, extractor),
         "stability": lambda: check_stability(model, cfg),
         "robustness": lambda: check_robustness(model, cfg, images, preprocess),
         "profile": lambda: check_profile(model, cfg),
@@ -160,4 +166,4 @@ def validate_files(cfg: ValidateConfig, *, checkpoint: str | None = None,
                      expected=ckpt.fingerprints if ckpt is not None else None)
         labeled = LabeledFeatures(x=got.x, y=got.y, keys=got.keys)
     return run_validation(model, cfg, images=paths, labeled=labeled, preprocess=Preprocess(ecfg),
-                          source=source, progress=progress)
+                          extractor=ecfg, source=source, progress=progress)

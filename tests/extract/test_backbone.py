@@ -177,3 +177,56 @@ def test_extract_worker_fuses_only_what_it_builds() -> None:
     plain = ExtractWorker(ExtractConfig(weights="random:0", image_size=32, fuse_bn=False))
     plain.prepare()
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain._backbone.modules())
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_worker_input_equals_preprocess_to_tensor_to_the_bit(channels_last: bool) -> None:
+    """to_input's lookup table gives what Preprocess.to_tensor gives (fp32), and its bf16
+    rounding (what autocast fed the first conv), for every uint8 value in every channel."""
+    import numpy as np
+
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.extract.worker import ExtractWorker
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    batch[1].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value
+    for precision in ("fp32", "bf16"):
+        w = ExtractWorker(ExtractConfig(weights="random:0", image_size=32, precision=precision,
+                                        channels_last=channels_last))
+        w.prepare()
+        want = w.pre.to_tensor(batch)
+        got = w.to_input(batch)
+        if precision == "bf16":
+            want = want.to(torch.bfloat16)
+        assert got.dtype == want.dtype and got.shape == (2, 3, 32, 32)
+        assert torch.equal(got, want)
+        assert got.is_contiguous(memory_format=torch.channels_last if channels_last
+                                 else torch.contiguous_format)
+
+
+def test_bf16_model_converted_once_gives_the_autocast_vectors() -> None:
+    """prepare() converts the fused model to bf16 once; the vectors equal those of the fp32
+    model under autocast (the previous bf16 path) to the bit, so the fingerprint stands."""
+    import numpy as np
+
+    from pipeline.extract.spec import ExtractConfig
+    from pipeline.extract.worker import ExtractWorker
+
+    cfg = ExtractConfig(weights="random:0", image_size=48, precision="bf16")
+    w = ExtractWorker(cfg)
+    w.prepare()
+    assert next(w._backbone.parameters()).dtype == torch.bfloat16
+    batch = np.random.default_rng(1).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    got = w.forward(batch)
+    ref = fuse_conv_bn(load_backbone("random:0")).eval().to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(w.pre.to_tensor(batch)).float().numpy()
+    assert got.dtype == np.float32 and got.shape == (3, FEATURE_DIM)
+    np.testing.assert_array_equal(got, want)
+    # an injected fp32 module is the caller's: it keeps its dtype and runs under autocast
+    injected = load_backbone("random:0")
+    wi = ExtractWorker(cfg, backbone=injected)
+    wi.prepare()
+    assert next(injected.parameters()).dtype == torch.float32
+    assert wi.forward(batch).shape == (3, FEATURE_DIM)

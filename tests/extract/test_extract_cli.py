@@ -161,18 +161,58 @@ def test_default_config_is_found_from_any_cwd(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_bench_extract_runs_small_and_writes_its_json(tmp_path: Path) -> None:
+def test_bench_extract_reports_roofline_and_marks_impossible_figures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Roofline fields present and consistent; a timing above the roofline is INVALID."""
+    import pipeline.bench.extract as bench
+
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "extract", "--images", "3", "--repeats", "1",
-                                      "--modes", "a,b,c", "--image-size", "32", "--batch-size",
-                                      "2", "--out", str(out)])
+                                      "--modes", "a,b,c,c0,e", "--image-size", "32",
+                                      "--batch-size", "2", "--peak-repeats", "2", "--out",
+                                      str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     modes = {m["mode"]: m for m in data["modes"]}
-    assert set(modes) == {"a", "b", "c"} and data["images"] == 3
+    assert set(modes) == {"a", "b", "c", "c0", "e"} and data["images"] == 3
     assert modes["a"]["ratio_to_a"] == 1.0
+    # bf16 converted once gives the vectors of the autocast path it replaced, to the bit
+    assert modes["c"]["identical_vectors_to"] == ["c0"]
+    # e adds the imstats block to b's pass: the same backbone vectors, its speed relative to b
+    assert "b" in modes["e"]["identical_vectors_to"]
+    assert data["blocks_over_backbone"] == pytest.approx(
+        modes["e"]["images_per_s"] / modes["b"]["images_per_s"])
+    assert len(modes["b"]["other_cpu_share"]) == 1  # one round
+    roof = data["roofline"]
+    assert roof["gflop_per_image"] == pytest.approx(0.1668, rel=0.01)  # ResNet-50 at 32 px
+    assert roof["peak_gflops"]["fp32"] > 0 and roof["peak_gflops"]["bf16"] > 0
+    assert data["valid"] is True and "load_average" in data["machine"]
+    assert data["load_average_after"] is not None
     for m in modes.values():
         assert m["images_per_s"] > 0 and m["model_only_images_per_s"] > 0
         assert m["ratio_to_a"] == pytest.approx(m["images_per_s"] / modes["a"]["images_per_s"])
+        peak = roof["peak_gflops"][m["precision"]]
+        for speed, frac in (("images_per_s", "roofline_fraction"),
+                            ("model_only_images_per_s", "model_only_roofline_fraction"),
+                            ("network_images_per_s", "network_roofline_fraction")):
+            assert m[frac] == pytest.approx(m[speed] * roof["gflop_per_image"] / peak)
+        assert m["valid"] is True and m["invalid_reasons"] == []
+    assert modes["c"]["precision"] == "bf16" and modes["b"]["precision"] == "fp32"
+    assert set(modes["b"]["phases_ms_per_image"]) == set(bench.PHASES)
+    assert sum(modes["b"]["phases_ms_per_image"].values()) == pytest.approx(
+        1000.0 / modes["b"]["images_per_s"], rel=1e-3)  # ms/img: the phases are the wall time
     assert 0.99 < modes["c"]["cos_min"] <= 1.0 + 1e-6  # bf16 vs fp32 vectors
-    assert "img/s" in result.output
+    assert "img/s" in result.output and "roofline: fp32" in result.output
+
+    # Inject a timing twice the fp32 ceiling: the row is marked, the table flags it, exit 1.
+    fake = json.loads(out.read_text())
+    row = next(m for m in fake["modes"] if m["mode"] == "b")
+    row["images_per_s"] = 2 * roof["images_per_s_ceiling"]["fp32"]
+    bench.judge(row, fake["roofline"])
+    assert row["valid"] is False and row["roofline_fraction"] == pytest.approx(2.0)
+    assert "end to end" in row["invalid_reasons"][0]
+    fake["valid"] = False
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: fake)
+    res = CliRunner().invoke(cli, ["bench", "extract", "--out", str(tmp_path / "fake.json")])
+    assert res.exit_code == 1 and "INVALID mode b: end to end" in res.output
+    assert json.loads((tmp_path / "fake.json").read_text())["valid"] is False

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ SMALL = ValidateConfig(
     # footprint limits and latency targets are the subject of their own test only: the pytest
     # process carries other tests' allocations and the CPU is shared
     inference_rss_limit_mb=1e6, training_rss_limit_mb=1e6, target_single_ms=1e6,
-    target_batch8_ms=1e6, target_head_ms=1e6)
+    target_batch8_ms=1e6, target_head_ms=1e6, roofline_matmul_size=1024, roofline_repeats=3)
 # Every check a broken model can trip (the profile is informational: healthy-model test only).
 BREAKABLE = tuple(c for c in MODEL_CHECKS if c != "profile")
 
@@ -158,7 +159,11 @@ def test_healthy_model_passes_and_report_matches_schema(tmp_path):
     perf = report["checks"]["performance"]
     assert {r[0] for r in perf["tables"]["targets"]["rows"]} == {
         "single image (batch 1)", "batch of 8", "head alone (batch 1)"}
-    assert [r[1] for r in perf["tables"]["fast_path_ms"]["rows"]] == [1, 8]
+    # no extractor config given: the verdict is on the model as given, against the roofline
+    assert "product_ms" not in perf["tables"]
+    assert perf["figures"]["verdict_path"].startswith("model as given")
+    assert [r[0] for r in perf["tables"]["targets_vs_roofline"]["rows"]] == [
+        "single image (batch 1)", "batch of 8"]
     assert len(report["checks"]["memory"]["series"]["rss_mb"]) == SMALL.leak_iterations
     assert report["checks"]["profile"]["tables"]["top_layers"]["rows"]
     # reports are written atomically; the HTML embeds the three plots
@@ -168,6 +173,65 @@ def test_healthy_model_passes_and_report_matches_schema(tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", page)) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json"]
+
+
+class SlowUnfused(Healthy):
+    """Its BatchNorm sleeps 30 ms per call: slow as given, fast once BN is folded into the conv
+    (as ExtractWorker.prepare does with fuse_bn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feature_extractor.bn.register_forward_pre_hook(lambda *_: time.sleep(0.03))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_performance_verdict_is_on_the_extractor_as_configured(precision):
+    """The seed targets are judged on the backbone as `extract` builds it (here: BN fused,
+    channels-last, the configured precision) + the head; the model as given is information."""
+    from pipeline.extract.spec import ExtractConfig
+
+    model = SlowUnfused()
+    ecfg = ExtractConfig(weights="random:0", image_size=32, threads=1, precision=precision)
+    cfg = dataclasses.replace(SMALL, checks=("performance",), target_single_ms=25.0)
+    report = run_validation(model, cfg, extractor=ecfg)
+    perf = report["checks"]["performance"]
+    assert failed(report) == set(), perf["failures"]
+    fig = perf["figures"]
+    assert fig["verdict_path"].startswith(f"extractor as configured: {precision}, channels_last, "
+                                          "fused BN")
+    assert fig["verdict_precision"] == precision
+    assert fig["plain_single_image_ms"] >= 30.0 > 25.0 > fig["single_image_ms"]
+    rows = perf["tables"]["product_ms"]["rows"]
+    other = "fp32" if precision == "bf16" else "bf16"
+    assert {(r[0].split(": ")[1].split(",")[0], r[1]) for r in rows} == {
+        (precision, "verdict"), (other, "information")}
+    # the model itself is untouched: BN still there, weights NCHW fp32
+    conv = model.feature_extractor.conv.weight
+    assert conv.dtype == torch.float32 and conv.is_contiguous()
+    assert isinstance(model.feature_extractor.bn, nn.BatchNorm2d)
+    # each target is also stated as a share of the machine's roofline, consistently
+    roof = fig["roofline"]
+    assert roof["gflop_per_image"] > 0 and min(roof["peak_gflops"].values()) > 0
+    cols = perf["tables"]["targets_vs_roofline"]["columns"]
+    single = dict(zip(cols, perf["tables"]["targets_vs_roofline"]["rows"][0], strict=True))
+    assert single["target img/s"] == pytest.approx(1000.0 / 25.0)
+    assert single["target / fp32 roofline"] == pytest.approx(
+        40.0 * roof["gflop_per_image"] / roof["peak_gflops"]["fp32"], rel=1e-2, abs=1e-3)
+    assert single["measured img/s"] == pytest.approx(1000.0 / fig["single_image_ms"], rel=1e-2)
+
+
+def test_performance_verdict_can_fail_on_the_configured_extractor():
+    from pipeline.extract.spec import ExtractConfig
+
+    ecfg = ExtractConfig(weights="random:0", image_size=32, threads=1, fuse_bn=False)
+    cfg = dataclasses.replace(SMALL, checks=("performance",), target_single_ms=25.0,
+                              perf_fast_path=False)
+    report = run_validation(SlowUnfused(), cfg, extractor=ecfg)  # BN unfused: still slow
+    assert failed(report) == {"performance"}
+    msg = report["checks"]["performance"]["failures"][0]
+    assert msg.startswith("single image (batch 1)") and "BN unfused" in msg
+    assert [r[1] for r in report["checks"]["performance"]["tables"]["product_ms"]["rows"]] == [
+        "verdict", "verdict"]
 
 
 @pytest.mark.parametrize(("model_cls", "check", "message"), [
