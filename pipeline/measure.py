@@ -291,8 +291,3 @@ class CpuShare:
         span = max(total - self._total, 1)
         self.own_share = own / span
         self.other_share = max(busy - self._busy - own, 0) / span
-
-    def to_json(self) -> dict[str, float | None]:
-        r = (lambda v: round(v, 3) if v is not None else None)
-        return {"other_processes_cpu_share": r(self.other_share),
-                "this_process_cpu_share": r(self.own_share)}
