@@ -137,16 +137,26 @@ def test_folder_walk_over_a_symlink_loop_ends_quickly(tmp_path):
     assert out.stdout.strip() == "1", out.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
-def test_an_unlistable_subfolder_is_kept_for_its_report_row(tmp_path):
-    (tmp_path / "locked").mkdir()
-    os.chmod(tmp_path / "locked", 0)
+def test_an_unlistable_subfolder_is_kept_for_its_report_row(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0)
+    if os.geteuid() == 0:  # root lists any folder: deny it the way the kernel would for others
+        real_scandir, real_access = os.scandir, os.access
+
+        def scandir(path):
+            if Path(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+        monkeypatch.setattr(os, "access", lambda p, m: Path(p) != locked and real_access(p, m))
     try:
-        assert expand_inputs([tmp_path]) == [tmp_path / "locked"]
+        assert expand_inputs([tmp_path]) == [locked]
         with pytest.raises(UnreadableInput, match="cannot be listed"):
-            read_file(tmp_path / "locked")
+            read_file(locked)
     finally:
-        os.chmod(tmp_path / "locked", 0o755)
+        os.chmod(locked, 0o755)
 
 
 def test_list_file_with_non_utf8_names_and_crlf(tmp_path):
