@@ -86,8 +86,9 @@ def _warning_printer(default):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ssimcache")
 def cli() -> None:
-    """ssimcache: predict how faithful a raster logo's SVG vectorization will be (its SSIM),
-    from cached CPU ResNet-50 features and a small MLP head.
+    """ssimcache: predict how faithful a raster logo's SVG vectorization will be (its SSIM)
+    and how heavy the SVG will be, from cached feature blocks (image statistics, CPU
+    ResNet-50) and small MLP heads.
 
     Typical flow: `ssimcache extract` images into a store, `ssimcache train` a head on
     labelled images, then `ssimcache score` images in milliseconds.

@@ -43,7 +43,7 @@ def lofo_table(lofo: dict[str, Any]) -> str:
 
 @click.command("train")
 @click.option("--labels", type=click.Path(dir_okay=False), required=True,
-              help="Labels CSV `path,ssim[,family]` (paths relative to its folder).")
+              help="Labels CSV `path,ssim[,svg_bytes][,family]` (paths relative to its folder).")
 @click.option("--store", type=click.Path(dir_okay=False), required=True,
               help="Feature store (HDF5); missing images are extracted into it.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
@@ -131,7 +131,7 @@ def _echo_skipped(skipped: list[Any], word: str = "skipped") -> None:
 
 @click.command("evaluate")
 @click.option("--labels", type=click.Path(dir_okay=False), required=True,
-              help="Labels CSV `path,ssim[,family]`.")
+              help="Labels CSV `path,ssim[,svg_bytes][,family]`.")
 @click.option("--store", type=click.Path(dir_okay=False), required=True,
               help="Feature store; images it lacks are extracted with the checkpoint's settings.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
@@ -149,8 +149,11 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
              html_out: str | None, split: str, weights: str | None, precision: str | None,
              image_size: int | None, extract_config: str | None, cached_only: bool,
              no_progress: bool) -> None:
-    """Evaluate a checkpoint: MAE, RMSE, PLCC, SRCC, R², share within 0.05 / 0.1, overall and
-    per family. Extractor settings default to those recorded in the checkpoint."""
+    """Evaluate a checkpoint: for SSIM, MAE, RMSE, PLCC, SRCC, R², share within 0.05 / 0.1;
+    for SVG bytes (when the checkpoint has the bytes head and the labels svg_bytes), the median
+    absolute log10 ratio and the share within ±25 %; overall, per family and per size bucket
+    (longer side), with each bucket's mean bias. Extractor settings default to those recorded
+    in the checkpoint."""
     from pipeline.train.evaluate import evaluate as run_eval
     from pipeline.train.evaluate import write_reports
     from pipeline.train.report import dumps
@@ -186,7 +189,8 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="File to write.")
 @click.option("--full", is_flag=True,
               help="Backbone + head (input (B,3,S,S) normalised images) instead of the head "
-                   "alone (input (B,2048) features).")
+                   "alone (input (B,D) features of the checkpoint's blocks, e.g. 2048 for "
+                   "resnet50); resnet50-only heads.")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="Example input size for --full, 16..4096 [default: the checkpoint's]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

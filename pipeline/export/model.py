@@ -76,7 +76,7 @@ class Blocks(nn.Module):
 
 
 class QualityPredictionModel(nn.Module):
-    """Backbone (B, 3, H, W) -> (B, 2048) features -> head -> (B, 1) SSIM.
+    """Backbone (B, 3, H, W) -> (B, D) features of the checkpoint's blocks -> head -> (B, 1) SSIM.
 
     `config` is the seed plan's dict (pretrained, freeze_backbone, feature_dim, hidden_dims,
     dropout_rate, use_batch_norm, version, training) plus optional `weights` and `output`.
@@ -138,7 +138,8 @@ class QualityPredictionModel(nn.Module):
         return self.predictor(self.feature_extractor(x))
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 2048) pooled backbone features."""
+        """(B, 3, H, W) -> (B, D) features (the backbone's 2048-d pooled vector for a
+        resnet50 head)."""
         return self.feature_extractor(x)
 
 

@@ -25,9 +25,10 @@ class ExtractConfig:
     """Everything `extract` needs. Fields marked (fp) change vectors and are in the fingerprint
     of the resnet50 block; `background` is also in the imstats block's."""
 
-    # Blocks to fill (and, for a head, to read, concatenated in this order). Both by default:
-    # on images from families the head never saw, each block alone predicts worse than the two
-    # together (docs/stage-two.md has the leave-one-family-out table).
+    # Blocks to fill, in this order. Both by default, so that one extract pass serves a head
+    # on either block or both; which blocks a head reads is a training choice
+    # (TrainConfig.features, default imstats: measured best on unseen families with random
+    # backbone weights; docs/stage-two.md has the leave-one-family-out table).
     features: tuple[str, ...] = BLOCKS
 
     weights: str = "imagenet"            # (fp) 'imagenet' | PATH | 'random:SEED'

@@ -38,21 +38,21 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
     csv_path = Path(csv_path)
     if not os.path.lexists(csv_path):
         raise LabelsError(f"labels file {display_path(csv_path)} does not exist: pass a CSV with "
-                          "columns path,ssim[,family] (see `ssimcache label`)")
+                          "columns path,ssim[,svg_bytes][,family] (see `ssimcache label`)")
     labels = LabelsFile(csv_path)
     name, base = labels.name, csv_path.parent
     records = labels.records()
     first = next(records, None)
     if first is None:
         raise LabelsError(f"{name}: the file is empty; expected a header line "
-                          "'path,ssim[,family]'")
+                          "'path,ssim[,svg_bytes][,family]'")
     names = [h.strip() for h in first[1]]
     if any(has_foreign_bytes(n) for n in names):
         raise labels.not_utf8(first[0], "the header")
     for needed in ("path", "ssim"):
         if needed not in names:
             raise LabelsError(f"{name}:1: missing column '{needed}' in the header "
-                              f"{names}; expected path,ssim[,family]")
+                              f"{names}; expected path,ssim[,svg_bytes][,family]")
     i_path, i_ssim = names.index("path"), names.index("ssim")
     i_family = names.index("family") if "family" in names else None
     i_bytes = names.index("svg_bytes") if "svg_bytes" in names else None
@@ -138,30 +138,36 @@ def merge_duplicates(rows: Sequence[LabelRow], keys: Sequence[str], strict: bool
     """Apply the duplicate rule to `rows` and their content keys (aligned).
 
     Rows whose images have identical bytes (the same path twice, or two copies) but different
-    labels are one image labelled twice: they become one row (the first, at the mean label)
-    and a warning names every line. With `strict`, LabelsError naming the lines instead.
-    Copies with equal labels stay as they are. Returns (rows, keys, warnings).
+    labels (ssim, or recorded svg_bytes) are one image labelled twice: they become one row (the
+    first, at the mean ssim and the geometric mean of the recorded svg_bytes, the bytes head's
+    target being log10 bytes) and a warning names every line. With `strict` (the Python API:
+    `gather(strict=True)`), LabelsError naming the lines instead. Copies with equal labels stay
+    as they are. Returns (rows, keys, warnings).
     """
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         groups.setdefault(k, []).append(i)
     out_rows, out_keys, warnings, conflicts = [], [], [], []
     for i, (row, key) in enumerate(zip(rows, keys, strict=True)):
-        group = groups[key]
-        if len({rows[j].ssim for j in group}) == 1:
+        group = [rows[j] for j in groups[key]]
+        recorded = [r.svg_bytes for r in group if r.svg_bytes is not None]
+        if len({r.ssim for r in group}) == 1 and len(set(recorded)) <= 1:
             out_rows.append(row)
             out_keys.append(key)
-        elif i == group[0]:
-            mean = sum(rows[j].ssim for j in group) / len(group)
-            listed = "; ".join(f"line {rows[j].line} {display_path(rows[j].path)} "
-                               f"ssim {rows[j].ssim:g}" for j in group)
+        elif i == groups[key][0]:
+            mean = sum(r.ssim for r in group) / len(group)
+            size = (round(math.exp(sum(math.log(b) for b in recorded) / len(recorded)))
+                    if recorded else None)
+            listed = "; ".join(f"line {r.line} {display_path(r.path)} ssim {r.ssim:g}"
+                               + (f" svg_bytes {r.svg_bytes}" if r.svg_bytes else "")
+                               for r in group)
             conflicts.append(f"the labels CSV gives identical images different labels "
                              f"({listed})")
-            warnings.append(f"{conflicts[-1]}: using their mean {mean:.6f} "
-                            "(--strict refuses instead)")
-            out_rows.append(replace(row, ssim=mean))
+            warnings.append(f"{conflicts[-1]}: using their mean {mean:.6f}"
+                            + (f" and {size} bytes" if len(set(recorded)) > 1 else "")
+                            + "; fix the CSV to silence this")
+            out_rows.append(replace(row, ssim=mean, svg_bytes=size))
             out_keys.append(key)
     if strict and conflicts:
-        raise LabelsError("; ".join(conflicts) + ": fix the labels CSV (or drop --strict to "
-                          "use the mean of each)")
+        raise LabelsError("; ".join(conflicts) + ": fix the labels CSV")
     return out_rows, out_keys, warnings

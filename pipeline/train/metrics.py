@@ -98,7 +98,7 @@ def bytes_metrics(true_bytes: Sequence[float] | np.ndarray,
 
 
 def size_bucket(longer_side: int) -> str:
-    """'128-223', '224-319', ..., '896+' for an image's longer side in px."""
+    """'<160', '160-223', '224-319', ..., '896+' for an image's longer side in px."""
     lo = 0
     for edge in SIZE_EDGES:
         if longer_side < edge:
@@ -112,8 +112,9 @@ def by_size(sizes: Sequence[int], y_true: np.ndarray, y_pred: np.ndarray,
             pred_log10: np.ndarray | None = None) -> dict[str, Any]:
     """{bucket: SSIM metrics + "bias" (mean predicted - true) [+ "svg_bytes": bytes metrics]},
     buckets in size order."""
+    bucket_of = {b: i for i, b in enumerate(size_bucket(e - 1) for e in (*SIZE_EDGES, 10**9))}
     names = [size_bucket(int(s)) for s in sizes]
-    order = sorted(set(names), key=lambda b: int(b.lstrip("<").split("-")[0].rstrip("+")))
+    order = sorted(set(names), key=bucket_of.__getitem__)
     out: dict[str, Any] = {}
     for b in order:
         m = np.array([n == b for n in names])

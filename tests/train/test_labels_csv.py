@@ -132,6 +132,20 @@ def test_duplicate_rule_mean_and_warning_or_strict_refusal(rows, keys, expected,
     assert all(f"line {n} " in str(err.value) for n in lines)
 
 
+def test_duplicates_differing_only_in_svg_bytes_are_one_image_at_their_geometric_mean():
+    rows = [LabelRow(Path("a.png"), 0.9, None, 2, svg_bytes=1000),
+            LabelRow(Path("b.png"), 0.9, None, 3, svg_bytes=4000),
+            LabelRow(Path("c.png"), 0.9, None, 4, svg_bytes=None)]
+    got, _, warnings = merge_duplicates(rows, ["k", "k", "k"])
+    assert [(r.path.name, r.ssim, r.svg_bytes) for r in got] == [("a.png", 0.9, 2000)]
+    assert len(warnings) == 1 and "2000 bytes" in warnings[0] and "--strict" not in warnings[0]
+    with pytest.raises(LabelsError, match="svg_bytes 4000"):
+        merge_duplicates(rows, ["k", "k", "k"], strict=True)
+    # a copy that only lacks the size is not a conflict: both rows stay
+    same = [rows[0], LabelRow(Path("d.png"), 0.9, None, 5)]
+    assert merge_duplicates(same, ["k", "k"]) == (same, ["k", "k"], [])
+
+
 def test_gather_applies_the_rule_and_reports_through_the_callback(tmp_path, make_dataset,
                                                                   extract_cfg, fake_backbone):
     from pipeline.train.features import gather

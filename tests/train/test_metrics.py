@@ -50,3 +50,14 @@ def test_report_shape_and_per_family():
     assert rep["per_family"]["a"] == compute_metrics(TRUE[:5], PRED[:5])
     assert rep["per_family"]["b"]["n"] == 4
     assert metrics_report(TRUE, PRED)["per_family"] == {}
+
+
+def test_size_buckets_come_in_size_order_and_carry_the_bias():
+    from pipeline.train.metrics import by_size
+
+    # one image per bucket, given largest first; '<160' and '160-223' once tied in the sort
+    sizes = [1024, 700, 500, 400, 300, 200, 128]
+    rows = by_size(sizes, TRUE[:7], PRED[:7])
+    assert list(rows) == ["<160", "160-223", "224-319", "320-447", "448-639", "640-895", "896+"]
+    assert rows["<160"]["bias"] == pytest.approx(PRED[6] - TRUE[6])
+    assert rows["896+"]["bias"] == pytest.approx(PRED[0] - TRUE[0])
