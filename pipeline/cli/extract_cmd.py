@@ -99,10 +99,11 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Forward batch of the extract modes (extract's default).")
 @click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
-@click.option("--modes", default="a,b,c,d,b0,c0", show_default=True,
+@click.option("--modes", default="a,b,c,d,e,b0,c0", show_default=True,
               help="Comma-separated keys of pipeline.bench.extract.MODES: a (naive seed loop), "
-                   "b (defaults), c (bf16), d (bf16+compile), b0/c0 (b/c before the bf16 "
-                   "change); candidates b_w1, c_w1 (1 decode thread), c_b4, c_b16 (batch).")
+                   "b (defaults, backbone only), c (bf16), d (bf16+compile), e (b with the "
+                   "imstats block too), b0/c0 (b/c before the bf16 change); candidates b_w1, "
+                   "c_w1 (1 decode thread), c_b4, c_b16 (batch).")
 @click.option("--peak-size", type=click.IntRange(16), default=2048, show_default=True,
               help="Side of the square torch.mm that measures the machine's peak GFLOP/s.")
 @click.option("--peak-repeats", type=click.IntRange(1), default=10, show_default=True,

@@ -55,8 +55,9 @@ def summary_table(report: dict) -> str:
 @click.option("--store", type=click.Path(dir_okay=False), default=None,
               help="Feature store for the architecture comparison (with --labels).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="Labels CSV `path,ssim[,svg_bytes][,family]`: its images feed the robustness check "
-                   "(unless --images), its labels the comparison (with --store).")
+              help="Labels CSV `path,ssim[,svg_bytes][,family]`: its images feed the "
+                   "robustness check (unless --images), its labels the comparison (with "
+                   "--store).")
 @click.option("--cached-only", is_flag=True,
               help="Comparison: fail instead of extracting labelled images the store lacks.")
 @click.option("--leak-iterations", type=LEAK_ITERATIONS, default=None,

@@ -216,3 +216,11 @@ def test_bench_extract_reports_roofline_and_marks_impossible_figures(
     res = CliRunner().invoke(cli, ["bench", "extract", "--out", str(tmp_path / "fake.json")])
     assert res.exit_code == 1 and "INVALID mode b: end to end" in res.output
     assert json.loads((tmp_path / "fake.json").read_text())["valid"] is False
+
+
+def test_bench_extract_cli_runs_the_modules_default_modes() -> None:
+    from pipeline.bench.extract import DEFAULT_MODES
+    from pipeline.cli.extract_cmd import bench_extract
+
+    (modes,) = [p for p in bench_extract.params if p.name == "modes"]
+    assert modes.default == ",".join(DEFAULT_MODES)  # e (both blocks) included
