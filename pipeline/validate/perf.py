@@ -116,31 +116,61 @@ def _times_ms(fn: Any, inputs: dict[int, torch.Tensor], repeats: int) -> dict[in
 
 
 def _product_path(model: nn.Module, extractor: Any) -> tuple[str, Callable[[Any], Any]] | None:
-    """The extractor as `extract` runs it for `extractor` (an ExtractConfig) — built by
-    ExtractWorker.prepare from a copy of the model's backbone, so fusion, precision, memory
-    format, compile and threads are the product's — followed by the model's head. Maps a
-    uint8 (B, S, S, 3) batch to (B, 1) predictions. None when the model has no
-    feature_extractor + predictor to build it from."""
+    """What `extract` + the head run for `extractor` (an ExtractConfig), block by block: the
+    backbone (a resnet50 block) built by ExtractWorker.prepare from a copy of the model's, so
+    fusion, precision, memory format, compile and threads are the product's; an imstats block
+    computed in numpy from each decoded image, as the decode threads do (here at the model's
+    S x S); then the model's head. Maps a uint8 (B, S, S, 3) batch to (B, 1) predictions.
+    None when the model has no feature_extractor + predictor to build it from."""
     import copy
 
-    from pipeline.extract.worker import ExtractWorker
+    import numpy as np
+    from PIL import Image
 
-    backbone = getattr(model, "feature_extractor", None)
+    from pipeline.export.model import Blocks
+    from pipeline.extract.worker import BACKBONE, IMAGE_BLOCKS, ExtractWorker
+
+    feats = getattr(model, "feature_extractor", None)
     head = getattr(model, "predictor", None)
-    if not (isinstance(backbone, nn.Module) and isinstance(head, nn.Module)):
+    if not (isinstance(feats, nn.Module) and isinstance(head, nn.Module)):
         return None
-    worker = ExtractWorker(extractor, builder=lambda _cfg: copy.deepcopy(backbone))
-    worker.prepare()
+    parts = dict(feats.blocks) if isinstance(feats, Blocks) else {BACKBONE: feats}
+    worker = None
+    if BACKBONE in parts:
+        backbone = parts[BACKBONE]
+        worker = ExtractWorker(extractor, builder=lambda _cfg: copy.deepcopy(backbone))
+        worker.prepare()
 
     def run(batch: Any) -> torch.Tensor:
-        return head(torch.from_numpy(worker.forward(batch)))  # (B, 2048) -> (B, 1)
+        cols = []
+        for name in parts:  # the head's block order
+            if name == BACKBONE:
+                cols.append(worker.forward(batch))  # type: ignore[union-attr]  # (B, 2048)
+            else:
+                cols.append(np.stack([IMAGE_BLOCKS[name](Image.fromarray(img))
+                                      for img in batch]))  # (B, D)
+        return head(torch.from_numpy(np.concatenate(cols, axis=1).astype(np.float32)))
 
     e = extractor
-    label = (f"extractor as configured: {e.precision}, "
-             f"{'channels_last' if e.channels_last else 'NCHW'}, "
-             f"{'fused BN' if e.fuse_bn else 'BN unfused'}{', compiled' if e.compile else ''}, "
-             f"{e.n_threads()} threads, uint8 in (conversion included), head fp32")
-    return label, run
+    said = []
+    if worker is not None:
+        said.append(f"extractor as configured: {e.precision}, "
+                    f"{'channels_last' if e.channels_last else 'NCHW'}, "
+                    f"{'fused BN' if e.fuse_bn else 'BN unfused'}"
+                    f"{', compiled' if e.compile else ''}, {e.n_threads()} threads, uint8 in "
+                    "(conversion included)")
+    said += [f"{name} in numpy from each uint8 image" for name in parts if name != BACKBONE]
+    said.append("head fp32")
+    blocks = "" if list(parts) == [BACKBONE] else f"blocks {' + '.join(parts)}: "
+    return blocks + ", ".join(said), run
+
+
+def _has_backbone(model: nn.Module) -> bool:
+    """Whether the model's features include the backbone (precision only changes that)."""
+    from pipeline.export.model import Blocks
+
+    feats = getattr(model, "feature_extractor", None)
+    return not isinstance(feats, Blocks) or "resnet50" in feats.blocks
 
 
 def _uint8_batches(sizes: Any, size: int, seed: int) -> dict[int, Any]:
@@ -182,7 +212,7 @@ def check_performance(model: nn.Module, cfg: ValidateConfig,
         torch.set_num_threads(cores)
         built = _product_path(model, extractor) if extractor is not None else None
         other = None
-        if built is not None and cfg.perf_fast_path:
+        if built is not None and cfg.perf_fast_path and _has_backbone(model):
             # information: the same extractor in the other precision (what the flag would give)
             alt = dataclasses.replace(
                 extractor, precision="fp32" if extractor.precision == "bf16" else "bf16")

@@ -505,6 +505,29 @@ def test_validate_a_statistics_head_checkpoint(tmp_path):
     assert report["model"]["params"]["total"] > 0 and imstats.DIM > 0
 
 
+def test_performance_verdict_of_a_statistics_head_times_the_statistics_and_head(tmp_path):
+    """An imstats head's product path is numpy statistics per image + the head (no backbone,
+    no BN fusion of a numpy module): the performance check runs and says so."""
+    from pipeline.cli import cli
+    from tests.stage_two_fixtures import trained_setup
+
+    setup = trained_setup(tmp_path, n=24, features=("imstats",))
+    cfg = tmp_path / "validate.json"
+    cfg.write_text(json.dumps({"image_size": 32, "batch_sizes": [1, 8], "extra_sizes": [],
+                               "latency_repeats": 2, "roofline_matmul_size": 64,
+                               "roofline_repeats": 1}))
+    res = CliRunner().invoke(cli, ["validate", "--checkpoint", str(setup["ckpt"]), "--config",
+                                   str(cfg), "--checks", "performance", "--no-progress",
+                                   "--json", "-"])
+    assert res.exit_code in (0, 1), res.output
+    perf = json.loads(res.stdout)["checks"]["performance"]
+    assert "error" not in json.dumps(perf["failures"]).lower(), perf["failures"]
+    assert perf["figures"]["verdict_path"].startswith("blocks imstats: imstats in numpy")
+    assert perf["figures"]["single_image_ms"] > 0
+    # no backbone: no other precision to show beside the verdict
+    assert {r[1] for r in perf["tables"]["product_ms"]["rows"]} == {"verdict"}
+
+
 def test_full_export_of_a_statistics_head_is_refused_with_directions(tmp_path):
     from pipeline.cli import cli
     from tests.stage_two_fixtures import trained_setup
