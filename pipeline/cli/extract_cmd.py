@@ -44,10 +44,11 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
             report_path: Path | None, strict: bool, as_json: bool, no_progress: bool,
             compile_: bool | None, backend: str, scheduler: str | None,
             **flags: object) -> None:
-    """Run the CPU ResNet-50 over IMAGES (files, folders, globs, @list.txt) into the store.
+    """Compute the feature blocks (--features: the CPU ResNet-50 vector, image statistics)
+    of IMAGES (files, folders, globs, @list.txt) into the store, one namespace per block.
 
-    Inputs already in the store's namespace for this configuration are skipped, so a rerun
-    after a crash resumes and a grown folder computes only the new images.
+    Each image is decoded once; only the blocks a key lacks for this configuration are
+    computed, so a rerun after a crash resumes and a grown folder computes only the new images.
     """
     from pipeline.atomic import write_failure_report
     from pipeline.config import build_config

@@ -32,7 +32,7 @@ class ExtractConfig:
     features: tuple[str, ...] = BLOCKS
 
     weights: str = "imagenet"            # (fp) 'imagenet' | PATH | 'random:SEED'
-    precision: Literal["fp32", "bf16"] = "fp32"   # (fp) bf16 = autocast on CPU/CUDA
+    precision: Literal["fp32", "bf16"] = "fp32"   # (fp) bf16: the model is converted to bf16 once
     image_size: int = 224                # (fp) model input is image_size x image_size
     resize: Literal["direct", "shorter+crop"] = "direct"  # (fp) direct: no crop (logos)
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"  # (fp)
