@@ -6,6 +6,6 @@ statistics block), `preprocess` (stage one's decode/resize/normalise), `worker` 
 paths -> keys, each block's vectors, failures), `run` (the run skeleton every extract shares:
 specs, hash, plan, compute, report), `runner` (the local reader -> mapper -> writer and
 `extract()`), `cluster` + `cluster_worker` + `engines` (Dask/Ray: workers hash and compute,
-the driver plans and writes). May import `pipeline.images`, shared helpers and `store`; never head, train, labels,
-score, validate, bench or cli. Importing this package does not import torch.
+the driver plans and writes). May import `pipeline.images`, shared helpers and `store`; never
+head, train, labels, score, validate, bench or cli. Importing this package does not import torch.
 """

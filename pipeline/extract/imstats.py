@@ -1,5 +1,6 @@
 """The `imstats` feature block: cheap statistics of the decoded image that predict how VTracer
-will do, computed from the image at its native size (numpy, scipy.ndimage, skimage.measure; no torch).
+will do, computed from the image at its native size (numpy, scipy.ndimage, skimage.measure;
+no torch).
 
 Three kinds of number, each chosen for a way vectorization loses SSIM:
 - size: native width, height, pixel count and aspect ratio (the label is taken at native size);
