@@ -19,9 +19,7 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 # Pages another branch is writing right now; links to them may dangle until that branch lands.
 # Paths relative to the repository root. Remove an entry as soon as its file exists.
-COMING = {
-    "docs/bench-extract.md",  # the stage-one benchmark page, linked from docs/bench.md
-}
+COMING: set[str] = set()
 
 README_MAX_LINES = 200
 # The five commands of the README's tour.
