@@ -27,6 +27,27 @@ def metrics_table(named: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def detail_table(name: str, m: dict[str, Any]) -> str:
+    """SVG bytes per family, then SSIM bias and both targets per size bucket (longer side);
+    empty when the report has neither."""
+    lines = []
+    b = m.get("svg_bytes")
+    if b:
+        lines.append(f"{name}: svg bytes{'':<8}{'n':>6}{'±25%':>8}{'med|log10|':>12}")
+        for fam, fb in {"all": b, **b.get("per_family", {})}.items():
+            lines.append(f"  {fam:<20}{fb['n']:>6}{_fmt(fb.get('within_25pct')):>8}"
+                         f"{_fmt(fb.get('median_abs_log10_ratio')):>12}")
+    sizes = m.get("per_size")
+    if sizes:
+        lines.append(f"{name}: by size (px){'':<7}{'n':>6}{'bias':>9}{'MAE':>8}{'PLCC':>8}"
+                     f"{'bytes ±25%':>12}")
+        for bucket, sm in sizes.items():
+            sb = sm.get("svg_bytes") or {}
+            lines.append(f"  {bucket:<20}{sm['n']:>6}{sm['bias']:>+9.4f}{_fmt(sm.get('mae')):>8}"
+                         f"{_fmt(sm.get('plcc')):>8}{_fmt(sb.get('within_25pct')):>12}")
+    return "\n".join(lines)
+
+
 def lofo_table(lofo: dict[str, Any]) -> str:
     """Leave-one-family-out: one row per held-out family, then all of them pooled."""
     lines = [f"leave-one-family-out ({', '.join(lofo['features'])}): each family scored by a "
@@ -108,14 +129,16 @@ def train(labels: str, store: str, out: str, config_path: str | None, epochs: in
         click.echo(json.dumps(summary, indent=2))
         return
     blocks = ", ".join(f"{b} {fp[:12]}…" for b, fp in summary["fingerprints"].items())
-    click.echo(f"checkpoint {summary['checkpoint']} (blocks {blocks}, "
-               f"weights {ecfg.weights})")
+    weights = f", weights {ecfg.weights}" if "resnet50" in summary["fingerprints"] else ""
+    click.echo(f"checkpoint {summary['checkpoint']} (blocks {blocks}{weights})")
     click.echo(f"rows {summary['rows']}: train {summary['train']}, val {summary['val']}, "
                f"test {summary['test']}; extracted {summary['extracted']}, "
                f"skipped {len(summary['skipped'])}")
     click.echo(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, val loss "
                f"{summary['best_val_loss']:.5f}, peak RSS {summary['peak_rss_mb']:.0f} MB")
     click.echo(metrics_table({k: v for k, v in summary["metrics"].items() if k != "lofo"}))
+    if "test" in summary["metrics"] and detail_table("test", summary["metrics"]["test"]):
+        click.echo(detail_table("test", summary["metrics"]["test"]))
     if lofo:
         click.echo(lofo_table(summary["metrics"]["lofo"]))
     _echo_skipped(summary["skipped"])
@@ -177,6 +200,8 @@ def evaluate(labels: str, store: str, checkpoint: str, json_out: str | None,
                f"skipped {len(ev.skipped)} unreadable{left_out}, extracted "
                f"{ev.context['extracted']}")
     click.echo(metrics_table({split: ev.report}))
+    if detail_table(split, ev.report):
+        click.echo(detail_table(split, ev.report))
     for path in written:
         click.echo(f"wrote {path}")
 

@@ -204,3 +204,28 @@ def test_lofo_needs_two_families(tmp_path, make_dataset, extract_cfg, small_trai
     with pytest.raises(PipelineError, match="at least 2 families"):
         run_train(str(csv), str(tmp_path / "f.h5"), extract_cfg(), small_train_cfg(epochs=2),
                   str(tmp_path / "h.safetensors"), progress=False, lofo=True)
+
+
+def test_evaluate_prints_bytes_per_family_and_bias_per_size(tmp_path, make_dataset,
+                                                            extract_cfg, small_train_cfg,
+                                                            fake_backbone):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    csv = make_dataset(tmp_path, n=32, svg_bytes=True)
+    out = tmp_path / "head.safetensors"
+    run_train(str(csv), str(tmp_path / "f.h5"), extract_cfg(),
+              small_train_cfg(features=("imstats",)), str(out), progress=False,
+              backbone=fake_backbone())
+    res = CliRunner().invoke(cli, ["evaluate", "--labels", str(csv), "--store",
+                                   str(tmp_path / "f.h5"), "--checkpoint", str(out),
+                                   "--cached-only", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    at = lines.index(next(x for x in lines if x.startswith("all: svg bytes")))
+    assert [x.split()[0] for x in lines[at + 1:at + 4]] == ["all", "flat", "noisy"]
+    sizes = next(i for i, x in enumerate(lines) if x.startswith("all: by size"))
+    bucket = lines[sizes + 1].split()
+    assert bucket[0] == "<160" and int(bucket[1]) == 32  # make_dataset's 32-px images
+    assert abs(float(bucket[2])) < 1  # the signed mean bias
