@@ -57,7 +57,7 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
     i_family = names.index("family") if "family" in names else None
     i_bytes = names.index("svg_bytes") if "svg_bytes" in names else None
     rows: list[LabelRow] = []
-    seen: dict[tuple[str, float], int] = {}  # (path, ssim) -> line, for exact repeats
+    seen: set[tuple[str, float, int | None]] = set()  # (path, ssim, svg_bytes): exact repeats
     for line, cells in records:
         if not cells or all(not c.strip() for c in cells):
             continue
@@ -70,12 +70,12 @@ def read_labels(csv_path: str | Path, check_files: bool = True) -> list[LabelRow
         value = _ssim(cells[i_ssim], name, line)
         rel = _path_cell(cells[i_path], base, check_files, labels, line)
         path = base / rel
-        same = (os.path.normpath(rel), value)
-        if same in seen:  # the same image with the same label: one row, nothing to say
-            continue
-        seen[same] = line
-        family = cells[i_family].strip() or None if i_family is not None else None
         svg_bytes = _svg_bytes(cells[i_bytes], name, line) if i_bytes is not None else None
+        same = (os.path.normpath(rel), value, svg_bytes)
+        if same in seen:  # the same image with the same labels: one row, nothing to say
+            continue
+        seen.add(same)
+        family = cells[i_family].strip() or None if i_family is not None else None
         rows.append(LabelRow(path=path, ssim=value, family=family, line=line,
                              svg_bytes=svg_bytes))
     if not rows:

@@ -162,3 +162,13 @@ def test_gather_applies_the_rule_and_reports_through_the_callback(tmp_path, make
     with pytest.raises(LabelsError, match="line 6 "):
         gather(rows, tmp_path / "f.h5", extract_cfg(), progress=False,
                backbone=fake_backbone(), strict=True)
+
+
+def test_a_path_repeated_with_another_svg_bytes_is_kept_for_the_duplicate_rule(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,ssim,svg_bytes\na.png,0.9,1000\na.png,0.9,1000\na.png,0.9,4000\n")
+    rows = read_labels(csv)
+    assert [(r.line, r.svg_bytes) for r in rows] == [(2, 1000), (4, 4000)]  # line 3: a repeat
