@@ -290,7 +290,7 @@ class Scorer:
         size[damaged] = np.nan
         ok = [i for i in ok if keys[i] not in self.bad_keys]
         self.failures += nonfinite_failures(paths, ssim, ok)
-        return [None if i in damaged else k for i, k in enumerate(keys)], ssim, size
+        return [None if k in self.bad_keys else k for k in keys], ssim, size
 
     def score_paths(self, paths: Sequence[str | Path], cached_only: bool = False,
                     progress: bool = False) -> np.ndarray:

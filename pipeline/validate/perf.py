@@ -127,14 +127,12 @@ def _product_path(model: nn.Module, extractor: Any) -> tuple[str, Callable[[Any]
     import numpy as np
     from PIL import Image
 
-    from pipeline.export.model import Blocks
     from pipeline.extract.worker import BACKBONE, IMAGE_BLOCKS, ExtractWorker
 
-    feats = getattr(model, "feature_extractor", None)
+    parts = _feature_blocks(model)
     head = getattr(model, "predictor", None)
-    if not (isinstance(feats, nn.Module) and isinstance(head, nn.Module)):
+    if parts is None or not isinstance(head, nn.Module):
         return None
-    parts = dict(feats.blocks) if isinstance(feats, Blocks) else {BACKBONE: feats}
     worker = None
     if BACKBONE in parts:
         backbone = parts[BACKBONE]
@@ -165,12 +163,15 @@ def _product_path(model: nn.Module, extractor: Any) -> tuple[str, Callable[[Any]
     return blocks + ", ".join(said), run
 
 
-def _has_backbone(model: nn.Module) -> bool:
-    """Whether the model's features include the backbone (precision only changes that)."""
+def _feature_blocks(model: nn.Module) -> dict[str, nn.Module] | None:
+    """{block: module} of the model's feature extractor, in the head's input order (a bare
+    backbone is the one resnet50 block); None without a feature_extractor module."""
     from pipeline.export.model import Blocks
 
     feats = getattr(model, "feature_extractor", None)
-    return not isinstance(feats, Blocks) or "resnet50" in feats.blocks
+    if not isinstance(feats, nn.Module):
+        return None
+    return dict(feats.blocks) if isinstance(feats, Blocks) else {"resnet50": feats}
 
 
 def _uint8_batches(sizes: Any, size: int, seed: int) -> dict[int, Any]:
@@ -212,7 +213,9 @@ def check_performance(model: nn.Module, cfg: ValidateConfig,
         torch.set_num_threads(cores)
         built = _product_path(model, extractor) if extractor is not None else None
         other = None
-        if built is not None and cfg.perf_fast_path and _has_backbone(model):
+        # the other precision only changes a backbone: none to show for a statistics head
+        if built is not None and cfg.perf_fast_path and "resnet50" in (_feature_blocks(model)
+                                                                        or {}):
             # information: the same extractor in the other precision (what the flag would give)
             alt = dataclasses.replace(
                 extractor, precision="fp32" if extractor.precision == "bf16" else "bf16")
