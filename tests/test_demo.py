@@ -26,7 +26,7 @@ def test_demo_offline_falls_back_to_random_weights(tmp_path, monkeypatch, make_d
     assert 0 < len(s["scored"]) <= 5
     assert all(0 < r["predicted_ssim"] < 1 for r in s["scored"]), s["scored"]
     assert all(r["predicted_svg_bytes"] > 0 and r["true_svg_bytes"] > 0 for r in s["scored"])
-    assert "svg_bytes" in s["test_metrics"] and s["blocks"]["head"] == ["imstats"]
+    assert "svg_bytes" in s["test_metrics"] and s["blocks"]["head"] == ["imstats", "preview"]
     for path in s["outputs"].values():
         assert (out / path.split("/")[-1]).is_file()
     # a rerun reuses the store: nothing recomputed

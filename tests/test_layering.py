@@ -18,7 +18,8 @@ ALLOWED = {
     "shared": set(),
     "images": set(),
     "labels": {"images"},
-    "extract": {"images", "store"},
+    # extract's preview block runs the label's own steps (pipeline.labels.definition)
+    "extract": {"images", "labels", "store"},
     "head": {"labels"},
     "train": {"images", "labels", "extract", "head", "store"},
     "score": {"images", "extract", "head", "store"},

@@ -43,11 +43,12 @@ def make_head(workdir: Path, blocks: tuple[str, ...], cfg: Any) -> Path:
 
     from pipeline.config import config_to_dict
     from pipeline.extract.spec import block_fingerprints, block_specs
+    from pipeline.extract.worker import IMAGE_BLOCK_DIMS
     from pipeline.head.checkpoint import save_checkpoint
     from pipeline.head.config import HeadConfig
     from pipeline.head.mlp import SSIMPredictor
 
-    dims = {"resnet50": 2048, "imstats": _imstats_dim()}
+    dims = {"resnet50": 2048, **IMAGE_BLOCK_DIMS}
     specs, fps = block_specs(cfg), block_fingerprints(cfg)
     width = sum(dims[b] for b in blocks)
     torch.manual_seed(0)
@@ -60,12 +61,6 @@ def make_head(workdir: Path, blocks: tuple[str, ...], cfg: Any) -> Path:
                            extract_config=config_to_dict(cfg))
 
 
-def _imstats_dim() -> int:
-    from pipeline.extract import imstats
-
-    return imstats.DIM
-
-
 def _ms_per_image(fn: Callable[[], Any], n: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -76,7 +71,8 @@ def _ms_per_image(fn: Callable[[], Any], n: int, repeats: int) -> float:
 
 
 def run_bench(labels_csv: Path, per_cell: int = 3, repeats: int = 3,
-              blocks_list: tuple[tuple[str, ...], ...] = (("imstats",), ("resnet50", "imstats")),
+              blocks_list: tuple[tuple[str, ...], ...] = (
+                  ("imstats", "preview"), ("imstats",), ("resnet50", "imstats", "preview")),
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Per (family, size): truth ms/img, and per block choice first-contact and cached ms/img;
     the speed-ups truth / prediction."""

@@ -92,7 +92,8 @@ def features_option(default_note: str) -> Callable:
     return click.option(
         "--features", callback=_blocks, default=None, metavar="BLOCK[,BLOCK]",
         help=f"Feature blocks, each cached in its own namespace: resnet50 (the backbone's "
-             f"2048-d vector), imstats (image statistics, no torch). {default_note}".format(
+             f"2048-d vector), imstats (image statistics, no torch), preview (VTracer's SVG size, "
+             f"path count and SSIM on a 128-px copy, no torch). {default_note}".format(
                  ",".join(_BUILT_IN["features"])))
 
 

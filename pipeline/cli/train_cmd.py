@@ -84,7 +84,8 @@ def lofo_table(lofo: dict[str, Any]) -> str:
               help="AdamW learning rate, finite and > 0 [default: 1e-3]")
 @extractor_options
 @features_option("The head reads them concatenated. [default: configs/train.json's, else "
-                 "imstats: measured best on unseen families with random backbone weights]")
+                 "imstats,preview: measured best on unseen families with random backbone "
+                 "weights]")
 @click.option("--lofo", is_flag=True,
               help="Also run the leave-one-family-out evaluation: a head per family, trained "
                    "on all the others and scored on it (the honest figure for unseen images; "

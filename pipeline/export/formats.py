@@ -69,9 +69,10 @@ def export(checkpoint: str | Path, fmt: Literal["onnx", "torchscript"], out: str
         if ckpt.block_names != ["resnet50"]:
             raise PipelineError(
                 f"--full exports the backbone and head as one graph, but checkpoint "
-                f"{checkpoint} reads the blocks {ckpt.block_names}: imstats is computed in "
-                "numpy, outside any graph. Export the head alone (drop --full) and feed it "
-                "the blocks' vectors (pipeline.extract.imstats.compute for imstats)")
+                f"{checkpoint} reads the blocks {ckpt.block_names}: imstats and preview are "
+                "computed in numpy, outside any graph. Export the head alone (drop --full) "
+                "and feed it the blocks' vectors (pipeline.extract.worker.IMAGE_BLOCKS has "
+                "each block's compute function)")
 
         model: nn.Module = SSIMOnly(QualityPredictionModel.from_checkpoint(ckpt,
                                                                            backbone=backbone))

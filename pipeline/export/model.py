@@ -1,5 +1,5 @@
-"""QualityPredictionModel: the feature blocks (ResNet-50, image statistics) and the SSIM head in
-one module (images -> SSIM)."""
+"""QualityPredictionModel: the feature blocks (ResNet-50, image statistics, preview) and the SSIM
+head in one module (images -> SSIM)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.extract.backbone import load_backbone
-from pipeline.extract.imstats import DIM
-from pipeline.extract.imstats import compute as compute_stats
 from pipeline.extract.spec import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
@@ -39,17 +37,20 @@ def resolve_weights(config: dict[str, Any]) -> str:
     return "random:0"
 
 
-class ImageStats(nn.Module):
-    """The imstats block as a module: (B, 3, S, S) normalised images -> (B, DIM) statistics,
-    computed in numpy from the de-normalised pixels, without gradient. The product computes
-    them from the decoded image at its native size; here they see the model-size image (the
-    validation suite's synthetic and resized inputs), so the size features read S x S."""
+class ImageBlock(nn.Module):
+    """A torch-free block (imstats, preview) as a module: (B, 3, S, S) normalised images ->
+    (B, dim) vectors, computed in numpy from the de-normalised pixels, without gradient. The
+    product computes them from the decoded image at its native size; here they see the
+    model-size image (the validation suite's synthetic and resized inputs), so size-dependent
+    numbers read S x S."""
 
-    feature_dim = DIM
-
-    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN,
+    def __init__(self, name: str, mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD) -> None:
+        from pipeline.extract.worker import IMAGE_BLOCK_DIMS, IMAGE_BLOCKS
+
         super().__init__()
+        self.compute = IMAGE_BLOCKS[name]
+        self.feature_dim = IMAGE_BLOCK_DIMS[name]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
@@ -59,7 +60,7 @@ class ImageStats(nn.Module):
         with torch.no_grad():
             pixels = ((x.float() * self.std + self.mean) * 255.0).clamp(0, 255).round()
             arr = pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, S, S, 3)
-        stats = np.stack([compute_stats(Image.fromarray(a)) for a in arr])  # (B, DIM)
+        stats = np.stack([self.compute(Image.fromarray(a)) for a in arr])  # (B, dim)
         return torch.from_numpy(stats).to(x.device)
 
 
@@ -96,8 +97,8 @@ class QualityPredictionModel(nn.Module):
         self.blocks = tuple(blocks)
         parts: dict[str, nn.Module] = {}
         for name in self.blocks:
-            if name == "imstats":
-                parts[name] = ImageStats()
+            if name in ("imstats", "preview"):
+                parts[name] = ImageBlock(name)
             elif name == "resnet50":
                 parts[name] = backbone if backbone is not None else load_backbone(
                     self.weights, freeze=bool(config.get("freeze_backbone", True)))

@@ -138,7 +138,7 @@ class BlockWriter:
         if not keys:
             return
         ns = self.namespaces[block]
-        # imstats is a few dozen numbers of very different scales: always float32.
+        # imstats/preview are a few numbers of very different scales: always float32.
         dtype = self.dtype if block == BACKBONE else "float32"
         if ns is None:
             ns = self.namespaces[block] = self.fs.namespace(

@@ -14,8 +14,9 @@ from pipeline.measure import cpu_count
 
 MAX_IMAGE_SIZE = 4096
 # The feature blocks one extract pass can fill, each in its own namespace: the backbone's pooled
-# vector, and cheap torch-free image statistics (pipeline/extract/imstats.py).
-BLOCKS = ("resnet50", "imstats")
+# vector, cheap torch-free image statistics (pipeline/extract/imstats.py), and the label's own
+# steps on a 128-px copy (pipeline/extract/preview.py).
+BLOCKS = ("resnet50", "imstats", "preview")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -23,12 +24,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything `extract` needs. Fields marked (fp) change vectors and are in the fingerprint
-    of the resnet50 block; `background` is also in the imstats block's."""
+    of the resnet50 block; `background` is also in the imstats and preview blocks'."""
 
-    # Blocks to fill, in this order. Both by default, so that one extract pass serves a head
-    # on either block or both; which blocks a head reads is a training choice
-    # (TrainConfig.features, default imstats: measured best on unseen families with random
-    # backbone weights; docs/stage-two.md has the leave-one-family-out table).
+    # Blocks to fill, in this order. All by default, so that one extract pass serves a head
+    # on any choice of blocks; which blocks a head reads is a training choice
+    # (TrainConfig.features, default imstats,preview: measured best on unseen families with
+    # random backbone weights; docs/stage-two.md has the leave-one-family-out table).
     features: tuple[str, ...] = BLOCKS
 
     weights: str = "imagenet"            # (fp) 'imagenet' | PATH | 'random:SEED'
@@ -149,11 +150,12 @@ def block_spec(cfg: ExtractConfig, block: str) -> dict[str, Any]:
     """The fingerprint spec of one feature block under `cfg`."""
     if block == "resnet50":
         return feature_spec(cfg)
-    if block == "imstats":
-        from pipeline.extract import imstats
+    if block in ("imstats", "preview"):
+        from pipeline.extract import imstats, preview
         from pipeline.images.decode import COLOUR_PIPELINE, parse_background
 
-        return imstats.spec(parse_background(cfg.background), COLOUR_PIPELINE)
+        module = imstats if block == "imstats" else preview
+        return module.spec(parse_background(cfg.background), COLOUR_PIPELINE)
     raise ConfigError(f"unknown feature block {block!r}; known: {list(BLOCKS)}")
 
 

@@ -2,8 +2,8 @@
 
 `ExtractWorker` is what the local runner and the cluster runners share: it pickles without its
 model (rebuilt lazily in the process that uses it), decodes each image once in a thread pool,
-computes the torch-free blocks (imstats) from the decoded native-size image there, and runs the
-backbone block on batches with the config's precision / memory format / compile options.
+computes the torch-free blocks (imstats, preview) from the decoded native-size image there, and
+runs the backbone block on batches with the config's precision / memory format / compile options.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.extract import imstats
+from pipeline.extract import imstats, preview
 from pipeline.extract.backbone import fuse_conv_bn, load_backbone
 from pipeline.extract.preprocess import Preprocess
 from pipeline.extract.spec import ExtractConfig
@@ -29,7 +29,9 @@ from store.keys import content_key
 
 BACKBONE = "resnet50"
 # Torch-free blocks: computed from the decoded native-size RGB image in the decode threads.
-IMAGE_BLOCKS: dict[str, Callable[[Any], np.ndarray]] = {imstats.NAME: imstats.compute}
+IMAGE_BLOCKS: dict[str, Callable[[Any], np.ndarray]] = {imstats.NAME: imstats.compute,
+                                                        preview.NAME: preview.compute}
+IMAGE_BLOCK_DIMS = {imstats.NAME: imstats.DIM, preview.NAME: preview.DIM}
 
 
 @dataclass
@@ -144,7 +146,7 @@ class ExtractWorker:
         """Vector length of `block` (the backbone's is known once it is built or injected)."""
         if block == BACKBONE:
             return int(getattr(self._backbone, "feature_dim", 2048))
-        return imstats.DIM
+        return IMAGE_BLOCK_DIMS[block]
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised (B, 3, S, S) on the device, in the model's dtype

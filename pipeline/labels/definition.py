@@ -36,8 +36,10 @@ LABEL_DEFINITION: dict[str, object] = {
 # not every image turned into a report row.
 LABEL_MODULES = ("vtracer", "resvg_py", "skimage.metrics")
 
-# SSIM's 11x11 window needs at least 7 pixels a side in skimage; smaller images cannot be labelled.
-MIN_SIDE = 7
+# SSIM's Gaussian window (sigma 1.5, truncated at 3.5 sigma) is 11x11 in skimage, which refuses
+# a smaller image; such images cannot be labelled. (skimage's own message says 7, its minimum
+# for the uniform window: 7-10 px images used to fail with an untranslated ValueError.)
+MIN_SIDE = 11
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def require_label_modules() -> None:
     if missing:
         raise PipelineError(
             f"labelling needs {', '.join(missing)}; install the labels extra: "
-            "pip install 'ssimcache[labels]'"
+            "they are dependencies of ssimcache: reinstall it (pip install -e .) or "
+            "pip install vtracer resvg-py"
         )
 
 
@@ -127,13 +130,21 @@ def label_image(source: str | os.PathLike | bytes,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Label:
     """The label of one image file (or its encoded bytes); ImageError if unusable."""
     rgb = decode_for_label(source, max_pixels)
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    svg, ssim = vectorize_and_score(rgb, name)
+    return Label(ssim=ssim, svg_bytes=len(svg.encode("utf-8")))
+
+
+def vectorize_and_score(rgb: Image.Image, name: str) -> tuple[str, float]:
+    """The label's steps on a decoded RGB raster (at least MIN_SIDE a side): the VTracer SVG
+    and the SSIM of its resvg render to the raster; ImageError naming `name` if VTracer or
+    resvg fail."""
     try:
         svg = vectorize(rgb)
         rendered = render(svg, rgb.size)
     except Exception as e:  # vtracer/resvg raise their own (untyped) errors
-        name = "<bytes>" if isinstance(source, bytes) else str(source)
         raise ImageError(f"{name}: vectorize/render failed ({e})") from e
-    return Label(ssim=ssim_luma(rgb, rendered), svg_bytes=len(svg.encode("utf-8")))
+    return svg, ssim_luma(rgb, rendered)
 
 
 def _label_or_reason(path: Path, max_pixels: int) -> tuple[Label | None, str]:

@@ -25,11 +25,12 @@ from pipeline.head.mlp import SSIMPredictor
 class TrainConfig:
     """Training settings and the head architecture (configs/train.json, then CLI flags)."""
 
-    # Feature blocks the head reads, concatenated in this order. imstats alone by default:
-    # measured leave-one-family-out, random-weight ResNet-50 vectors add nothing and, beside
-    # the statistics, make unseen families worse (docs/stage-two.md); with ImageNet weights,
-    # measure `--features resnet50,imstats` with `train --lofo`.
-    features: tuple[str, ...] = ("imstats",)
+    # Feature blocks the head reads, concatenated in this order. imstats + preview by default:
+    # measured leave-one-family-out and on images outside data/, random-weight ResNet-50
+    # vectors add nothing and, beside the statistics, make unseen families worse; preview
+    # lifts SVG-size and SSIM accuracy most at 192-1024 px (docs/stage-two.md); with ImageNet
+    # weights, measure `--features resnet50,imstats,preview` with `train --lofo`.
+    features: tuple[str, ...] = ("imstats", "preview")
     # Also train the second head, log10 of the SVG's bytes, when the labels have svg_bytes.
     svg_bytes: bool = True
     # Its loss: L1 on log10 bytes fits the median ratio, what "within +-25 %" rewards.

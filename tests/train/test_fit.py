@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.extract import imstats
+from pipeline.extract import imstats, preview
 from pipeline.head.checkpoint import load_checkpoint
 from pipeline.train.fit import TrainConfig, split_keys, split_of, train_head
 from pipeline.train.run import run_train
@@ -88,8 +88,9 @@ def test_run_train_end_to_end(tmp_path, make_dataset, extract_cfg, small_train_c
     ckpt = load_checkpoint(out)
     with FeatureStore(store, mode="r") as fs:
         assert sorted(fs.fingerprints()) == sorted(ckpt.fingerprints.values())
-    assert ckpt.block_names == ["imstats"]  # the default head reads the statistics alone
-    assert ckpt.head_config.input_dim == imstats.DIM and ckpt.bytes_config is None
+    assert ckpt.block_names == ["imstats", "preview"]  # the default head's blocks
+    assert ckpt.head_config.input_dim == imstats.DIM + preview.DIM
+    assert ckpt.bytes_config is None
     assert ckpt.meta["extract_config"]["weights"] == "random:0"
     assert ckpt.meta["split"]["counts"]["test"] == summary["test"]
     assert set(ckpt.meta["metrics"]) == {"val", "test"}
