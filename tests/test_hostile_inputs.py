@@ -196,7 +196,7 @@ def evaluate_duplicate(world: dict, tmp: Path) -> None:
 def train_weird(world: dict, tmp: Path) -> None:
     res = _run(["train", "--labels", str(world["weird_csv"]), "--store", str(world["store"]),
                 "--out", str(tmp / "new" / "h.safetensors"), "--cached-only", "--epochs", "2",
-                *FAST], tmp)
+                "--features", "resnet50,imstats", *FAST], tmp)  # the blocks the store holds
     assert res.returncode == 0, res.stderr.decode(errors="replace")
 
 

@@ -93,6 +93,11 @@ MODES: dict[str, Mode] = {
     "c_w1": Mode("c with 1 decode thread", {"precision": "bf16", "workers": 1}),
     "c_b4": Mode("c at batch 4", {"precision": "bf16", "batch_size": 4}),
     "c_b16": Mode("c at batch 16", {"precision": "bf16", "batch_size": 16}),
+    "b_p0": Mode("b, decode and model in turn (prefetch 0)", {"prefetch": 0}),
+    "c_p0": Mode("c, decode and model in turn (prefetch 0)", {"precision": "bf16",
+                                                             "prefetch": 0}),
+    "e_p0": Mode("e, decode and model in turn (prefetch 0)",
+                 {"features": ("resnet50", "imstats"), "prefetch": 0}),
 }
 DEFAULT_MODES = ("a", "b", "c", "d", "e", "b0", "c0")
 

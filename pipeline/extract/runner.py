@@ -32,7 +32,8 @@ class Runner:
     image once in a thread pool and returns a `Decoded` (model input + torch-free block
     vectors), `forward` maps a uint8 (B, S, S, 3) batch to (B, D) backbone vectors, `write(block,
     keys, vectors)` commits one block's rows. Decoding of the next `prefetch` batches overlaps
-    the current forward."""
+    the current forward; with `prefetch` 0 each batch is decoded (by all `workers`) and then
+    run through the model, never both at once."""
 
     load: Callable[[str, str, frozenset[str]], Any]
     forward: Callable[[np.ndarray], np.ndarray]
@@ -67,7 +68,8 @@ class Runner:
                 submit_next()
             while pending:
                 batch = pending.popleft()
-                submit_next()  # keep the decoders busy while the model runs
+                if self.prefetch:
+                    submit_next()  # keep the decoders busy while the model runs
                 t0 = time.perf_counter()
                 decoded = []
                 for p, fut in batch:
@@ -81,6 +83,8 @@ class Runner:
                 t1 = time.perf_counter()
                 t["wait_s"] += t1 - t0
                 self._map_and_write(decoded, t)
+                if not self.prefetch:
+                    submit_next()  # phases in turn: the model had the cores to itself
                 if bar is not None:
                     bar.update(len(batch))
                     total = sum(t.values()) - t["decode_s"] or 1.0

@@ -61,12 +61,13 @@ class ExtractConfig:
         if unknown or not self.features or len(set(self.features)) != len(self.features):
             raise ConfigError(f"features {list(self.features)}: give one or more distinct "
                               f"blocks from {list(BLOCKS)}")
-        for name in ("image_size", "batch_size", "max_pixels", "prefetch"):
+        for name in ("image_size", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("workers", "threads"):
+        for name in ("workers", "threads", "prefetch"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0 (0 = number of cores)")
+                raise ConfigError(f"{name} must be >= 0" + (
+                    "" if name == "prefetch" else " (0 = number of cores)"))
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold 3 values each, std > 0")
         from pipeline.errors import PipelineError

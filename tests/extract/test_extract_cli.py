@@ -51,7 +51,8 @@ def test_summary_json_report_and_strict(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     line = res.stdout.strip().splitlines()[-1]
     assert re.match(r"seen 4, already cached 0, computed 3, failed 1, [\d.]+ img/s, "
-                    r"namespaces resnet50 [0-9a-f]{12}, imstats [0-9a-f]{12}$", line), line
+                    r"namespaces resnet50 [0-9a-f]{12}, imstats [0-9a-f]{12}, "
+                    r"preview [0-9a-f]{12}$", line), line
     with open(report, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "reason"] and rows[1][0] == str(d / "broken.png")
@@ -61,7 +62,7 @@ def test_summary_json_report_and_strict(tmp_path: Path) -> None:
     obj = json.loads(res.stdout)
     assert set(obj) == {"seen", "cached", "computed", "failed", "images_per_s", "fingerprint",
                         "fingerprints"}
-    assert list(obj["fingerprints"]) == ["resnet50", "imstats"]  # configs/extract.json
+    assert list(obj["fingerprints"]) == ["resnet50", "imstats", "preview"]  # configs/extract.json
     assert (obj["cached"], obj["computed"], obj["failed"]) == (3, 0, 1)
     res = run(cli, ["extract", str(d), "--store", str(store), *FAST, "--strict"])
     assert res.exit_code == 1 and "--strict" in res.output
@@ -146,7 +147,7 @@ def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
     assert (obj["cached"], obj["computed"], obj["failed"]) == (k, n - k, 0)
     with FeatureStore(store, mode="r") as fs:
         assert fs.verify() == []
-        assert [len(fs.namespace(fp)) for fp in fs.fingerprints()] == [n, n]
+        assert [len(fs.namespace(fp)) for fp in fs.fingerprints()] == [n, n, n]
 
 
 def test_default_config_is_found_from_any_cwd(tmp_path: Path,

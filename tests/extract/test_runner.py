@@ -329,3 +329,39 @@ def test_features_must_name_distinct_known_blocks(features) -> None:
 
     with pytest.raises(ConfigError, match="distinct"):
         _cfg(features=features)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_prefetch_zero_decodes_and_runs_the_model_in_turn(prefetch: int) -> None:
+    """prefetch 0: no image is decoded while the model runs (the phases get the cores in
+    turn); prefetch 2 overlaps them. Either way every image is written once, in order."""
+    import threading
+    import time as _time
+
+    from pipeline.extract.runner import Runner
+
+    busy = threading.Event()
+    overlapped: list[str] = []
+    written: list[str] = []
+
+    def load(path, key, blocks):
+        if busy.is_set():
+            overlapped.append(path)
+        _time.sleep(0.002)
+        if path == "p5":
+            raise ImageError("p5: not an image")
+        return Decoded(key, np.zeros((2, 2, 3), np.uint8), {})
+
+    def forward(batch):
+        busy.set()
+        _time.sleep(0.03)  # long enough for prefetching decoders to start
+        busy.clear()
+        return np.zeros((len(batch), 4), np.float32)
+
+    items = [(f"p{i}", f"k{i}", frozenset({"resnet50"})) for i in range(12)]
+    runner = Runner(load, forward, lambda b, keys, v: written.extend(keys), batch_size=3,
+                    workers=2, prefetch=prefetch)
+    failures, _ = runner.run(items)
+    assert failures == [("p5", "not an image")]
+    assert written == [f"k{i}" for i in range(12) if i != 5]
+    assert (overlapped == []) == (prefetch == 0), overlapped
