@@ -85,6 +85,8 @@ MODES: dict[str, Mode] = {
     "d": Mode("extract --precision bf16 --compile", {"precision": "bf16", "compile": True}),
     "e": Mode("b with the imstats block too (extract --features resnet50,imstats)",
               {"features": ("resnet50", "imstats")}),
+    "f": Mode("e with the preview block too (extract's default blocks)",
+              {"features": ("resnet50", "imstats", "preview")}),
     "b0": Mode("b before the change (torch-op normalisation)", worker=LegacyWorker),
     "c0": Mode("c before the change (autocast per batch, torch-op normalisation)",
                {"precision": "bf16"}, worker=LegacyWorker),
@@ -385,6 +387,7 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
         judge(r, roofline)
     by = {r["mode"]: r["images_per_s"] for r in rows}
     both = by["e"] / by["b"] if "e" in by and "b" in by else None
+    three = by["f"] / by["b"] if "f" in by and "b" in by else None
     return {"bench": "extract", "date": datetime.date.today().isoformat(),
             "machine": machine, "load_average_after": machine_info().get("load_average"),
             "images": n_images, "image": "256x256 PNG",
@@ -404,6 +407,9 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
             "blocks_over_backbone": both,
             "blocks_over_backbone_is": "img/s of mode e (resnet50 + imstats in one pass) over "
                                        "mode b (resnet50 alone), same run",
+            "default_blocks_over_backbone": three,
+            "default_blocks_over_backbone_is": "img/s of mode f (resnet50 + imstats + preview, "
+                                               "extract's default) over mode b, same run",
             "modes": rows}
 
 
@@ -445,6 +451,9 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("blocks_over_backbone"):
         lines.append(f"both blocks (e) / backbone alone (b): {result['blocks_over_backbone']:.2f}"
                      " of the img/s, same run")
+    if result.get("default_blocks_over_backbone"):
+        lines.append("default blocks (f: + preview) / backbone alone (b): "
+                     f"{result['default_blocks_over_backbone']:.2f} of the img/s, same run")
     lines.append(f"{'mode':<6}" + "".join(f"{p:>12}" for p in PHASES)
                  + f"{'decode alone':>14}   ms/img, median run")
     for r in result["modes"]:

@@ -103,7 +103,8 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 @click.option("--modes", default="a,b,c,d,e,b0,c0", show_default=True,
               help="Comma-separated keys of pipeline.bench.extract.MODES: a (naive seed loop), "
                    "b (defaults, backbone only), c (bf16), d (bf16+compile), e (b with the "
-                   "imstats block too), b0/c0 (b/c before the bf16 change); candidates b_w1, "
+                   "imstats block too), f (e with preview too: extract's default blocks), "
+                   "b0/c0 (b/c before the bf16 change); candidates b_w1, "
                    "c_w1 (1 decode thread), c_b4, c_b16 (batch), b_p0, c_p0, e_p0 "
                    "(decode and model in turn).")
 @click.option("--peak-size", type=click.IntRange(16), default=2048, show_default=True,

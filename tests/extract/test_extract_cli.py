@@ -169,13 +169,13 @@ def test_bench_extract_reports_roofline_and_marks_impossible_figures(
 
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "extract", "--images", "3", "--repeats", "1",
-                                      "--modes", "a,b,c,c0,e", "--image-size", "32",
+                                      "--modes", "a,b,c,c0,e,f", "--image-size", "32",
                                       "--batch-size", "2", "--peak-repeats", "2", "--out",
                                       str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     modes = {m["mode"]: m for m in data["modes"]}
-    assert set(modes) == {"a", "b", "c", "c0", "e"} and data["images"] == 3
+    assert set(modes) == {"a", "b", "c", "c0", "e", "f"} and data["images"] == 3
     assert modes["a"]["ratio_to_a"] == 1.0
     # bf16 converted once gives the vectors of the autocast path it replaced, to the bit
     assert modes["c"]["identical_vectors_to"] == ["c0"]
@@ -183,6 +183,11 @@ def test_bench_extract_reports_roofline_and_marks_impossible_figures(
     assert "b" in modes["e"]["identical_vectors_to"]
     assert data["blocks_over_backbone"] == pytest.approx(
         modes["e"]["images_per_s"] / modes["b"]["images_per_s"])
+    # f adds preview too (extract's default blocks)
+    assert "b" in modes["f"]["identical_vectors_to"]
+    assert data["default_blocks_over_backbone"] == pytest.approx(
+        modes["f"]["images_per_s"] / modes["b"]["images_per_s"])
+    assert "default blocks (f: + preview) / backbone alone (b)" in result.output
     assert len(modes["b"]["other_cpu_share"]) == 1  # one round
     roof = data["roofline"]
     assert roof["gflop_per_image"] == pytest.approx(0.1668, rel=0.01)  # ResNet-50 at 32 px
