@@ -98,6 +98,7 @@ def test_subpackages_state_their_job():
 LIGHT = ["store", "pipeline.score", "pipeline.images.decode", "pipeline.images.inputs",
          "pipeline.labels.definition", "pipeline.labels.writer", "pipeline.head.checkpoint",
          "pipeline.head.numpy_head", "pipeline.extract", "pipeline.extract.spec",
+         "pipeline.extract.runner", "pipeline.extract.worker", "pipeline.extract.preview",
          "pipeline.train.labels_csv", "pipeline.cli"]
 
 

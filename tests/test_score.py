@@ -174,6 +174,33 @@ def test_cached_score_never_imports_torch(setup):
     assert proc.stdout.startswith("path,key,predicted_ssim")
 
 
+def test_new_image_for_a_torch_free_head_never_imports_torch(tmp_path, trained_setup,
+                                                            make_dataset):
+    """A head on imstats,preview (the default blocks) extracts a new image's blocks and
+    scores it without loading torch (importing torch costs ~3 s of a fresh process here)."""
+    s = trained_setup(tmp_path / "set", n=16, features=("imstats", "preview"))
+    make_dataset(tmp_path / "new", n=1, seed=31)
+    img = tmp_path / "new" / "images" / "img000.png"
+    code = ("import sys\nfrom pipeline.cli import cli\n"
+            "try:\n    cli.main(args=sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('rc', e.code, file=sys.stderr)\n"
+            "print('torch', 'torch' in sys.modules, file=sys.stderr)\n")
+
+    def score(ckpt, store):
+        return subprocess.run(
+            [sys.executable, "-c", code, "score", str(img), "--checkpoint", str(ckpt),
+             "--store", str(store), "--format", "csv", "--no-progress"],
+            capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    proc = score(s["ckpt"], s["store"])
+    assert "rc 0" in proc.stderr and "torch False" in proc.stderr, proc.stderr
+    row = proc.stdout.splitlines()[1].split(",")
+    assert row[0] == str(img) and 0 < float(row[2]) < 1  # (no bytes head: no svg_bytes)
+    with FeatureStore(s["store"], mode="r") as fs:  # the new image's blocks were stored
+        fps = load_checkpoint(s["ckpt"]).fingerprints
+        assert all(fs.namespace(fp).get(content_key(img)) is not None for fp in fps.values())
+
+
 @pytest.mark.slow  # a benchmark, fresh processes included
 def test_bench_runs_small(tmp_path):
     from pipeline.bench.score import format_table, run_bench

@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from pipeline.errors import ImageError
 from pipeline.extract.run import (  # noqa: F401 - ExtractReport: callers import it from here
@@ -23,6 +22,9 @@ from pipeline.extract.run import (  # noqa: F401 - ExtractReport: callers import
 )
 from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import BACKBONE, ExtractWorker, failure_reason
+
+if TYPE_CHECKING:
+    from torch import nn
 from store.hdf5 import FeatureStore
 
 

@@ -4,6 +4,8 @@
 model (rebuilt lazily in the process that uses it), decodes each image once in a thread pool,
 computes the torch-free blocks (imstats, preview) from the decoded native-size image there, and
 runs the backbone block on batches with the config's precision / memory format / compile options.
+torch is imported only when the backbone is built or run, so a run of the torch-free blocks alone
+(`score` extracting a new image for the default imstats,preview head) never loads it.
 """
 
 from __future__ import annotations
@@ -13,25 +15,33 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from pipeline.errors import ConfigError, ImageError
 from pipeline.extract import imstats, preview
-from pipeline.extract.backbone import fuse_conv_bn, load_backbone
 from pipeline.extract.preprocess import Preprocess
 from pipeline.extract.spec import ExtractConfig
 from pipeline.images.inputs import read_file
 from store.keys import content_key
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 BACKBONE = "resnet50"
 # Torch-free blocks: computed from the decoded native-size RGB image in the decode threads.
 IMAGE_BLOCKS: dict[str, Callable[[Any], np.ndarray]] = {imstats.NAME: imstats.compute,
                                                         preview.NAME: preview.compute}
 IMAGE_BLOCK_DIMS = {imstats.NAME: imstats.DIM, preview.NAME: preview.DIM}
+
+
+def build_backbone(cfg: ExtractConfig) -> nn.Module:
+    """The default builder: ResNet-50 for `cfg.weights` (imports torch)."""
+    from pipeline.extract.backbone import load_backbone
+
+    return load_backbone(cfg)
 
 
 @dataclass
@@ -65,14 +75,19 @@ class ExtractWorker:
     """Decode + preprocess + backbone for one config; `compute(paths)` is the whole step."""
 
     def __init__(self, cfg: ExtractConfig, backbone: nn.Module | None = None,
-                 builder: Callable[[ExtractConfig], nn.Module] = load_backbone) -> None:
+                 builder: Callable[[ExtractConfig], nn.Module] | None = None) -> None:
         self.cfg = cfg
         self.pre = Preprocess(cfg)
         self._backbone = backbone
-        self._builder = builder
+        self._builder = builder or build_backbone
         self._model: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self.device = torch.device(cfg.device)
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.cfg.device)
 
     # Pickling (Dask): ship the config and builder, never a model or a thread pool.
     def __getstate__(self) -> dict[str, Any]:
@@ -91,6 +106,10 @@ class ExtractWorker:
         """
         if self._model is not None:
             return
+        import torch
+
+        from pipeline.extract.backbone import fuse_conv_bn
+
         cfg = self.cfg
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available; "
@@ -158,6 +177,8 @@ class ExtractWorker:
         parallel region — to_tensor runs four per batch, each a thread barrier that the decode
         threads, busy on the same cores, stall. The permuted NHWC array is channels_last.
         """
+        import torch
+
         bf16 = getattr(self, "_input_dtype", torch.float32) == torch.bfloat16
         if self.device.type != "cpu":
             x = self.pre.to_tensor(batch, self.device)
@@ -179,6 +200,8 @@ class ExtractWorker:
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (B, S, S, 3) -> float32 (B, D) vectors."""
+        import torch
+
         self.prepare()
         assert self._model is not None
         n = batch.shape[0]
