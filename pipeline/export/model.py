@@ -13,6 +13,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from pipeline.extract.backbone import load_backbone
 from pipeline.extract.spec import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.extract.worker import IMAGE_BLOCK_DIMS, IMAGE_BLOCKS
 from pipeline.head.config import HeadConfig
 from pipeline.head.mlp import SSIMPredictor
 
@@ -46,8 +47,6 @@ class ImageBlock(nn.Module):
 
     def __init__(self, name: str, mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD) -> None:
-        from pipeline.extract.worker import IMAGE_BLOCK_DIMS, IMAGE_BLOCKS
-
         super().__init__()
         self.compute = IMAGE_BLOCKS[name]
         self.feature_dim = IMAGE_BLOCK_DIMS[name]
@@ -97,7 +96,7 @@ class QualityPredictionModel(nn.Module):
         self.blocks = tuple(blocks)
         parts: dict[str, nn.Module] = {}
         for name in self.blocks:
-            if name in ("imstats", "preview"):
+            if name in IMAGE_BLOCKS:
                 parts[name] = ImageBlock(name)
             elif name == "resnet50":
                 parts[name] = backbone if backbone is not None else load_backbone(

@@ -15,6 +15,7 @@ needs vtracer and resvg-py (base dependencies).
 
 from __future__ import annotations
 
+import functools
 import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -34,19 +35,22 @@ FEATURES = ("log_svg_bytes", "log_paths", "ssim")
 DIM = len(FEATURES)
 
 
+@functools.cache
+def _installed(dist: str) -> str:
+    """The installed version of `dist` (read from its metadata once per process)."""
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "missing"
+
+
 def spec(background: tuple[int, int, int], colour_pipeline: str) -> dict[str, Any]:
     """The block's fingerprint spec: its version, the preview size, decoding, and the versions
     of the libraries whose output it is."""
-    def installed(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "missing"
-
     return {"block": NAME, "version": VERSION, "features": list(FEATURES),
             "params": {"side": PREVIEW_SIDE, "resample": "box"},
             "decode": {"background": list(background), "colour": colour_pipeline},
-            "versions": {d: installed(d) for d in ("vtracer", "resvg-py", "scikit-image")}}
+            "versions": {d: _installed(d) for d in ("vtracer", "resvg-py", "scikit-image")}}
 
 
 def small_copy(rgb: Image.Image) -> Image.Image:

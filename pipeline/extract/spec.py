@@ -151,12 +151,13 @@ def block_spec(cfg: ExtractConfig, block: str) -> dict[str, Any]:
     """The fingerprint spec of one feature block under `cfg`."""
     if block == "resnet50":
         return feature_spec(cfg)
-    if block in ("imstats", "preview"):
-        from pipeline.extract import imstats, preview
+    from pipeline.extract.worker import IMAGE_BLOCK_MODULES
+
+    if block in IMAGE_BLOCK_MODULES:
         from pipeline.images.decode import COLOUR_PIPELINE, parse_background
 
-        module = imstats if block == "imstats" else preview
-        return module.spec(parse_background(cfg.background), COLOUR_PIPELINE)
+        return IMAGE_BLOCK_MODULES[block].spec(parse_background(cfg.background),
+                                               COLOUR_PIPELINE)
     raise ConfigError(f"unknown feature block {block!r}; known: {list(BLOCKS)}")
 
 

@@ -32,9 +32,12 @@ if TYPE_CHECKING:
 
 BACKBONE = "resnet50"
 # Torch-free blocks: computed from the decoded native-size RGB image in the decode threads.
-IMAGE_BLOCKS: dict[str, Callable[[Any], np.ndarray]] = {imstats.NAME: imstats.compute,
-                                                        preview.NAME: preview.compute}
-IMAGE_BLOCK_DIMS = {imstats.NAME: imstats.DIM, preview.NAME: preview.DIM}
+# Each module has NAME, DIM, spec(background, colour_pipeline) and compute(rgb); adding a block
+# is adding its module here (and its name to spec.BLOCKS).
+IMAGE_BLOCK_MODULES = {m.NAME: m for m in (imstats, preview)}
+IMAGE_BLOCKS: dict[str, Callable[[Any], np.ndarray]] = {
+    n: m.compute for n, m in IMAGE_BLOCK_MODULES.items()}
+IMAGE_BLOCK_DIMS = {n: m.DIM for n, m in IMAGE_BLOCK_MODULES.items()}
 
 
 def build_backbone(cfg: ExtractConfig) -> nn.Module:

@@ -68,9 +68,8 @@ def require_label_modules() -> None:
             missing.append(f"{name} ({e})")
     if missing:
         raise PipelineError(
-            f"labelling needs {', '.join(missing)}; install the labels extra: "
-            "they are dependencies of ssimcache: reinstall it (pip install -e .) or "
-            "pip install vtracer resvg-py"
+            f"labelling needs {', '.join(missing)}, dependencies of ssimcache: reinstall it "
+            "(pip install -e .) or pip install vtracer resvg-py"
         )
 
 

@@ -78,8 +78,8 @@ def test_preview_fingerprint_follows_decoding_and_its_libraries(monkeypatch) -> 
         assert fps["preview"] == base["preview"] and fps["resnet50"] != base["resnet50"]
     assert block_fingerprints(_cfg(background="black"))["preview"] != base["preview"]
     # another VTracer release may write other SVGs: the namespace must change with it
-    real = preview.version
-    monkeypatch.setattr(preview, "version",
+    real = preview._installed
+    monkeypatch.setattr(preview, "_installed",
                         lambda d: "99.0" if d == "vtracer" else real(d))
     assert block_fingerprints(_cfg())["preview"] != base["preview"]
 

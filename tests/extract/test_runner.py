@@ -340,13 +340,14 @@ def test_prefetch_zero_decodes_and_runs_the_model_in_turn(prefetch: int) -> None
 
     from pipeline.extract.runner import Runner
 
-    busy = threading.Event()
+    busy, seen = threading.Event(), threading.Event()
     overlapped: list[str] = []
     written: list[str] = []
 
     def load(path, key, blocks):
         if busy.is_set():
             overlapped.append(path)
+            seen.set()
         _time.sleep(0.002)
         if path == "p5":
             raise ImageError("p5: not an image")
@@ -354,8 +355,9 @@ def test_prefetch_zero_decodes_and_runs_the_model_in_turn(prefetch: int) -> None
 
     def forward(batch):
         busy.set()
-        _time.sleep(0.03)  # long enough for prefetching decoders to start
+        seen.wait(0.2)  # until a prefetching decoder ran meanwhile (never, with prefetch 0)
         busy.clear()
+        seen.clear()
         return np.zeros((len(batch), 4), np.float32)
 
     items = [(f"p{i}", f"k{i}", frozenset({"resnet50"})) for i in range(12)]
