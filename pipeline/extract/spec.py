@@ -45,7 +45,7 @@ class ExtractConfig:
     # (fp) fold each BatchNorm into the conv before it for inference: fp32 throughput 1.4-1.7x
     # here (bench extract); changes the last bits (max abs diff ~1e-4 on vectors of ~200).
     fuse_bn: bool = True
-    compile: bool = False                # (fp) torch.compile (inductor) the backbone
+    compile: bool = False                # (fp) torch.compile the backbone (inductor, freezing)
     device: str = "cpu"                  # (fp, type only) cpu | cuda | cuda:N
     dtype: Literal["float32", "float16"] = "float32"  # (fp) store dtype of the vectors
     # Images per forward pass and per committed store batch. 8, not 32: on 2 cores ResNet-50
@@ -130,7 +130,9 @@ def feature_spec(cfg: ExtractConfig) -> dict[str, Any]:
         "precision": cfg.precision,
         "channels_last": cfg.channels_last,
         "fuse_bn": cfg.fuse_bn,
-        "compile": cfg.compile,
+        # compile means inductor with freezing (weights folded in as constants, oneDNN
+        # kernels with prepacked weights): other numbers than the eager model's last bits
+        "compile": "inductor+freezing" if cfg.compile else False,
         "device": cfg.device.split(":")[0],
         "dtype": cfg.dtype,
         "preprocess": {
