@@ -231,6 +231,50 @@ def matmul_peaks(threads: int | None = None, n: int = 2048, repeats: int = 10
             for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
 
 
+# The conv probe: a ResNet-50 stage-3-like 3x3 convolution (batch 8, 256 -> 256 channels,
+# 56 x 56, channels-last). oneDNN's direct convolutions beat torch.mm's 2048^2 product here
+# (~1.2x in fp32), so the matmul is not a ceiling for a network of convolutions.
+CONV_PROBE = {"batch": 8, "channels": 256, "side": 56, "kernel": 3}
+
+
+def conv_peak_gflops(dtype: str = "float32", threads: int | None = None,
+                     repeats: int = 10) -> float:
+    """Best-of-`repeats` GFLOP/s of one CONV_PROBE convolution in `dtype` at `threads` torch
+    threads (None: as set), 2 FLOPs per multiply-add. The caller's thread setting is
+    restored."""
+    import time
+
+    import torch
+
+    n, c, s, k = (CONV_PROBE[f] for f in ("batch", "channels", "side", "kernel"))
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        dt = getattr(torch, dtype)
+        x = torch.randn(n, c, s, s, generator=gen).to(dt).contiguous(
+            memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(c, c, k, padding=k // 2, bias=False).to(dt).eval()
+        conv = conv.to(memory_format=torch.channels_last)
+        best = float("inf")
+        with torch.inference_mode():
+            conv(x)  # warm-up: oneDNN picks and caches its kernel
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                conv(x)
+                best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return 2.0 * n * s * s * c * c * k * k / best / 1e9
+
+
+def conv_peaks(threads: int | None = None, repeats: int = 10) -> dict[str, float]:
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s}: conv_peak_gflops in the two precisions."""
+    return {p: conv_peak_gflops(dt, threads=threads, repeats=repeats)
+            for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
+
+
 def model_gflops(model: Any, image_size: int) -> float:
     """GFLOP of one (1, 3, S, S) forward of `model`, counted by torch.utils.flop_counter
     (2 FLOPs per multiply-add of convolutions and matmuls; elementwise ops not counted)."""

@@ -42,6 +42,8 @@ from pipeline.measure import (
     RssPeak,
     machine_info,
     machine_line,
+    CONV_PROBE,
+    conv_peaks,
     matmul_peaks,
     model_gflops,
     roofline_fraction,
@@ -82,7 +84,9 @@ MODES: dict[str, Mode] = {
     "a": Mode("naive seed loop (PIL per image, fp32 eager, NCHW, batch 1)", naive=True),
     "b": Mode("extract defaults (fp32, channels_last, fused BN, batched, threaded decode)"),
     "c": Mode("extract --precision bf16 (model converted to bf16 once)", {"precision": "bf16"}),
-    "d": Mode("extract --precision bf16 --compile", {"precision": "bf16", "compile": True}),
+    "d": Mode("extract --precision bf16 --compile (inductor, freezing)",
+              {"precision": "bf16", "compile": True}),
+    "g": Mode("extract --compile (fp32; inductor, freezing)", {"compile": True}),
     "e": Mode("b with the imstats block too (extract --features resnet50,imstats)",
               {"features": ("resnet50", "imstats")}),
     "f": Mode("e with the preview block too (extract's default blocks)",
@@ -95,13 +99,14 @@ MODES: dict[str, Mode] = {
     "c_w1": Mode("c with 1 decode thread", {"precision": "bf16", "workers": 1}),
     "c_b4": Mode("c at batch 4", {"precision": "bf16", "batch_size": 4}),
     "c_b16": Mode("c at batch 16", {"precision": "bf16", "batch_size": 16}),
+    "d_b16": Mode("d at batch 16", {"precision": "bf16", "compile": True, "batch_size": 16}),
     "b_p0": Mode("b, decode and model in turn (prefetch 0)", {"prefetch": 0}),
     "c_p0": Mode("c, decode and model in turn (prefetch 0)", {"precision": "bf16",
                                                              "prefetch": 0}),
     "e_p0": Mode("e, decode and model in turn (prefetch 0)",
                  {"features": ("resnet50", "imstats"), "prefetch": 0}),
 }
-DEFAULT_MODES = ("a", "b", "c", "d", "e", "b0", "c0")
+DEFAULT_MODES = ("a", "b", "c", "d", "g", "e", "b0", "c0")
 
 # Phases of an end-to-end run, in ms per image (see `_phases`).
 PHASES = ("hash", "wait_decode", "convert", "model", "write", "other")
@@ -320,21 +325,27 @@ def _pct(share: float | None) -> str:
 
 
 def judge(row: dict[str, Any], roofline: dict[str, Any]) -> dict[str, Any]:
-    """Add the roofline fractions of `row` (end to end, model-only, network) and its validity:
-    a throughput above the measured peak cannot have been measured here, so it is INVALID."""
+    """Add the roofline fractions of `row` (end to end, model-only, network: of the matmul
+    peak, the issue's roofline; end to end also of the conv probe's) and its validity: a
+    throughput above the higher of the two measured peaks cannot have been measured here, so
+    it is INVALID."""
     peak = roofline["peak_gflops"][row["precision"]]
+    conv = roofline.get("conv_peak_gflops", {}).get(row["precision"], 0.0)
+    ceiling = max(peak, conv)
     gflop = roofline["gflop_per_image"]
-    row["peak_gflops"] = peak
+    row["peak_gflops"], row["conv_peak_gflops"] = peak, conv or None
+    row["conv_roofline_fraction"] = (roofline_fraction(row["images_per_s"], gflop, conv)
+                                     if conv else None)
     reasons = []
     for key, frac_key, what in (
             ("images_per_s", "roofline_fraction", "end to end"),
             ("model_only_images_per_s", "model_only_roofline_fraction", "model only"),
             ("network_images_per_s", "network_roofline_fraction", "network")):
-        row[frac_key] = frac = roofline_fraction(row[key], gflop, peak)
-        if frac > 1.0:
+        row[frac_key] = roofline_fraction(row[key], gflop, peak)
+        if row[key] * gflop > ceiling:
             reasons.append(f"{what} {row[key]:.1f} img/s x {gflop:.3g} GFLOP = "
                            f"{row[key] * gflop:.0f} GFLOP/s > measured {row['precision']} "
-                           f"peak {peak:.0f} GFLOP/s")
+                           f"peak {ceiling:.0f} GFLOP/s (matmul {peak:.0f}, conv {conv:.0f})")
     row["valid"] = not reasons
     row["invalid_reasons"] = reasons
     return row
@@ -349,7 +360,9 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
     machine = machine_info()
     with CpuShare() as cpu:
         before = matmul_peaks(threads, peak_size, peak_repeats)
-    log(f"matmul peak before: fp32 {before['fp32']:.0f}, bf16 {before['bf16']:.0f} GFLOP/s "
+        conv_before = conv_peaks(threads, peak_repeats)
+    log(f"matmul peak before: fp32 {before['fp32']:.0f}, bf16 {before['bf16']:.0f} GFLOP/s; "
+        f"conv probe fp32 {conv_before['fp32']:.0f}, bf16 {conv_before['bf16']:.0f} "
         f"(other processes: {_pct(cpu.other_share)} CPU)")
     gflop = model_gflops(load_backbone("random:0"), image_size)
     import_rss = rss_mb()  # torch + torchvision + numpy loaded, no model yet
@@ -360,7 +373,9 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
     torch.set_num_threads(threads)
     with CpuShare() as cpu_after:
         after = matmul_peaks(threads, peak_size, peak_repeats)
-    log(f"matmul peak after: fp32 {after['fp32']:.0f}, bf16 {after['bf16']:.0f} GFLOP/s")
+        conv_after = conv_peaks(threads, peak_repeats)
+    log(f"matmul peak after: fp32 {after['fp32']:.0f}, bf16 {after['bf16']:.0f} GFLOP/s; "
+        f"conv probe fp32 {conv_after['fp32']:.0f}, bf16 {conv_after['bf16']:.0f}")
     roofline = {
         "method": f"torch.mm {peak_size}x{peak_size}, {threads} threads, best of "
                   f"{peak_repeats}, probed before and after the modes; the higher counts",
@@ -368,6 +383,11 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
         "before_gflops": before, "after_gflops": after,
         "other_cpu_share_during_probes": [cpu.other_share, cpu_after.other_share],
         "peak_gflops": {p: max(before[p], after[p]) for p in before},
+        "conv_method": f"one 3x3 convolution {CONV_PROBE} (channels-last, oneDNN), best of "
+                       f"{peak_repeats}, before and after; a second, stricter ceiling: "
+                       "oneDNN's convolutions outrun the matmul here",
+        "conv_before_gflops": conv_before, "conv_after_gflops": conv_after,
+        "conv_peak_gflops": {p: max(conv_before[p], conv_after[p]) for p in conv_before},
         "gflop_per_image": gflop,
         "flops_counted": "torch.utils.flop_counter.FlopCounterMode, one (1, 3, S, S) forward "
                          "of the unfused ResNet-50 feature extractor",
@@ -413,6 +433,12 @@ def run_bench(n_images: int = 300, repeats: int = 3, batch_size: int = 8, image_
             "modes": rows}
 
 
+def _conv_line(roof: dict[str, Any]) -> str:
+    conv = roof.get("conv_peak_gflops")
+    return (f"; conv probe fp32 {conv['fp32']:.0f}, bf16 {conv['bf16']:.0f} GFLOP/s"
+            if conv else "")
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Fixed-width tables: throughput and roofline fractions per mode, then the phases."""
     roof = result["roofline"]
@@ -423,25 +449,28 @@ def format_table(result: dict[str, Any]) -> str:
              f"roofline: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
              f"({roof['method']}); ResNet-50 at {result['image_size']} px = "
              f"{roof['gflop_per_image']:.2f} GFLOP/img -> ceiling fp32 {ceil['fp32']:.1f}, "
-             f"bf16 {ceil['bf16']:.1f} img/s",
+             f"bf16 {ceil['bf16']:.1f} img/s" + _conv_line(roof),
              f"{'mode':<6}{'prec':<5}{'img/s':>7}{'best':>7}{'x a':>6}{'roof':>6}"
              f"{'model':>7}{'roof':>6}{'net':>7}{'roof':>6}{'cos min':>9}{'RSS':>6}"
-             f"{'setup s':>8}{'other CPU':>10}  flag"]
+             f"{'conv':>6}{'setup s':>8}{'other CPU':>10}  flag"]
     for r in result["modes"]:
         ratio = f"{r['ratio_to_a']:.2f}" if r.get("ratio_to_a") else "-"
         cmin = f"{r['cos_min']:.5f}" if "cos_min" in r else "-"
         shares = [v for v in r["other_cpu_share"] if v is not None]
         other = f"{max(shares):.0%}" if shares else "?"
+        conv = r.get("conv_roofline_fraction")
+        conv_s = f"{conv:.2f}" if conv else "-"
         lines.append(
             f"{r['mode']:<6}{r['precision']:<5}{r['images_per_s']:>7.1f}"
             f"{r['best_images_per_s']:>7.1f}{ratio:>6}{r['roofline_fraction']:>6.2f}"
             f"{r['model_only_images_per_s']:>7.1f}{r['model_only_roofline_fraction']:>6.2f}"
             f"{r['network_images_per_s']:>7.1f}{r['network_roofline_fraction']:>6.2f}"
-            f"{cmin:>9}{r['peak_rss_mb']:>6.0f}{r['setup_s']:>8.1f}{other:>10}  "
+            f"{cmin:>9}{r['peak_rss_mb']:>6.0f}{conv_s:>6}{r['setup_s']:>8.1f}{other:>10}  "
             f"{'ok' if r['valid'] else 'INVALID'}")
     lines.append("img/s = median of the rounds end to end (best: fastest round); roof = img/s x "
                  "GFLOP/img / peak of the mode's precision; model = forward of decoded batches "
-                 "(convert + network), net = network alone; cosines vs mode "
+                 "(convert + network), net = network alone; conv = end to end over the conv "
+                 "probe's peak; cosines vs mode "
                  f"{result['modes'][0].get('cos_reference')} (fp32); other CPU = most CPU "
                  "other processes took during a round")
     same = [f"{r['mode']}={'='.join(r['identical_vectors_to'])}" for r in result["modes"]

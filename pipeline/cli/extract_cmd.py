@@ -100,12 +100,12 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Forward batch of the extract modes (extract's default).")
 @click.option("--image-size", type=click.IntRange(16), default=224, show_default=True)
-@click.option("--modes", default="a,b,c,d,e,b0,c0", show_default=True,
+@click.option("--modes", default="a,b,c,d,g,e,b0,c0", show_default=True,
               help="Comma-separated keys of pipeline.bench.extract.MODES: a (naive seed loop), "
-                   "b (defaults, backbone only), c (bf16), d (bf16+compile), e (b with the "
-                   "imstats block too), f (e with preview too: extract's default blocks), "
-                   "b0/c0 (b/c before the bf16 change); candidates b_w1, "
-                   "c_w1 (1 decode thread), c_b4, c_b16 (batch), b_p0, c_p0, e_p0 "
+                   "b (defaults, backbone only), c (bf16), d (bf16 + --compile), g (fp32 + "
+                   "--compile), e (b with the imstats block too), f (e with preview too: "
+                   "extract's default blocks), b0/c0 (b/c before the bf16 change); candidates "
+                   "b_w1, c_w1 (1 decode thread), c_b4, c_b16, d_b16 (batch), b_p0, c_p0, e_p0 "
                    "(decode and model in turn).")
 @click.option("--peak-size", type=click.IntRange(16), default=2048, show_default=True,
               help="Side of the square torch.mm that measures the machine's peak GFLOP/s.")
@@ -116,8 +116,9 @@ def extract(images: tuple[str, ...], store_path: str, config_path: str | None,
 def bench_extract(images: int, repeats: int, batch_size: int, image_size: int, modes: str,
                   peak_size: int, peak_repeats: int, out: Path) -> None:
     """Extract throughput per mode (random:0 weights), end to end and model-only, as a
-    fraction of this machine's roofline (matmul peak measured in the same run); figures above
-    the roofline are marked INVALID. Exit 1 if any is."""
+    fraction of this machine's roofline (matmul peak measured in the same run) and of a conv
+    probe's peak (oneDNN's convolutions outrun the matmul); figures above the higher of the
+    two are marked INVALID. Exit 1 if any is."""
     from pipeline.atomic import atomic_write_text
     from pipeline.bench.extract import MODES, format_table, run_bench
 
