@@ -32,12 +32,26 @@ def _cfg(**kw) -> ExtractConfig:
                          batch_size=4, **kw)
 
 
-def test_compiled_vectors_match_eager_and_live_in_their_own_namespace() -> None:
+def test_compiled_vectors_match_eager_and_live_in_their_own_namespace(monkeypatch) -> None:
+    import torch._inductor.config as inductor_config
+    import torch._inductor.freezing as freezing
+
+    monkeypatch.setattr(inductor_config, "freezing", False)  # restored after: prepare sets it
+
+    frozen = []
+    real_freeze = freezing.freeze
+
+    def counting_freeze(*args, **kwargs):
+        frozen.append(1)
+        return real_freeze(*args, **kwargs)
+
+    monkeypatch.setattr(freezing, "freeze", counting_freeze)  # inductor imports it per compile
     batch = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     eager = ExtractWorker(_cfg(), backbone=SmallNet().eval()).forward(batch)
     compiled_worker = ExtractWorker(_cfg(compile=True), backbone=SmallNet().eval())
     compiled = compiled_worker.forward(batch)
     assert compiled_worker._model is not compiled_worker._backbone  # really compiled
+    assert frozen  # ... with inductor's freezing pass (weights as constants)
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
     short = compiled_worker.forward(batch[:3])  # a short last batch: padded, same rows
     np.testing.assert_allclose(short, compiled[:3], rtol=1e-5, atol=1e-6)
