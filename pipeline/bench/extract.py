@@ -38,12 +38,12 @@ from pipeline.extract.runner import extract
 from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import ExtractWorker
 from pipeline.measure import (
+    CONV_PROBE,
     CpuShare,
     RssPeak,
+    conv_peaks,
     machine_info,
     machine_line,
-    CONV_PROBE,
-    conv_peaks,
     matmul_peaks,
     model_gflops,
     roofline_fraction,
