@@ -62,6 +62,26 @@ def row_checksums(keys: list[bytes], rows: np.ndarray) -> np.ndarray:
     return out
 
 
+MAP_TRIES = 3
+
+
+def _map_file(path: str) -> np.memmap | None:
+    """A read-only memmap of the whole file, or None (every row is then read through h5py).
+
+    np.memmap reads the file's size and then maps that many bytes; a writer in another
+    process can shrink the file in between (HDF5 truncates it to its end of allocation when it
+    flushes), and mmap refuses a length beyond the end ("mmap length is greater than file
+    size"). Then the size is read again; after MAP_TRIES such races the reads go through h5py.
+    """
+    for _ in range(MAP_TRIES):
+        try:
+            return np.memmap(path, dtype=np.uint8, mode="r")
+        except ValueError as e:
+            if "greater than file size" not in str(e):
+                raise
+    return None
+
+
 class ChunkMap:
     """File offsets of a vector dataset's chunks plus a memmap to gather rows from.
 
@@ -91,7 +111,7 @@ class ChunkMap:
                     offsets[c] = info.byte_offset
 
             ds.id.chunk_iter(visit)
-        self._mm = np.memmap(path, dtype=np.uint8, mode="r") if usable and nchunks else None
+        self._mm = _map_file(path) if usable and nchunks else None
         if self._mm is not None:
             size = self._mm.size
             # Any chunk whose bytes do not lie inside the mapped file is read through h5py.

@@ -114,6 +114,31 @@ def test_reader_reads_while_writer_writes(tmp_path):
     assert seen == sorted(seen) and seen[-1] > seen[0]  # it saw the store grow
 
 
+@pytest.mark.parametrize("races", [1, "always"])
+def test_a_file_shrinking_under_the_reader_is_mapped_again_or_read_through_h5py(
+        tmp_path, monkeypatch, races):
+    """np.memmap reads the file's size, then maps it: a writer that truncates the file in
+    between (HDF5 does when it flushes) makes mmap refuse. The reader maps it again, and after
+    MAP_TRIES refusals reads through h5py; either way the rows come back exact (CI once failed
+    here with "mmap length is greater than file size" beside a live writer)."""
+    from store import rows
+
+    path = str(tmp_path / "shrink.h5")
+    writer(path, [40])
+    real, calls = np.memmap, []
+    limit = 1 if races == 1 else rows.MAP_TRIES
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= limit:
+            raise ValueError("mmap length is greater than file size")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "memmap", racing)
+    assert check_exact(path, "r", verify=False) == 40
+    assert len(calls) == limit + (1 if races == 1 else 0)  # mapped on the retry / gave up
+
+
 def _full_disk_child(path: str, limit: int, report_fd: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG, not death by signal
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
