@@ -196,11 +196,11 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
 
 # -- the machine's compute ceiling (roofline) -----------------------------------------------
 
-def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: int = 2048,
-                       repeats: int = 10) -> float:
-    """Best-of-`repeats` GFLOP/s of torch.mm on two (n, n) `dtype` matrices at `threads` torch
-    threads (None: as set): the dense-compute ceiling torch reaches on this machine, counted
-    as 2 n^3 FLOPs per product. The caller's thread setting is restored."""
+def _best_gflops(make_op: Callable[[], Callable[[], Any]], flops: float,
+                 threads: int | None, repeats: int) -> float:
+    """Best-of-`repeats` GFLOP/s of the op `make_op()` builds (inputs made once, one warm-up
+    call first: kernel selection, first touch of the output), at `threads` torch threads
+    (None: as set). The caller's thread setting is restored."""
     import time
 
     import torch
@@ -209,26 +209,43 @@ def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: in
     if threads:
         torch.set_num_threads(threads)
     try:
+        with torch.inference_mode():
+            op = make_op()
+            op()
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                op()
+                best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return flops / best / 1e9
+
+
+def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: int = 2048,
+                       repeats: int = 10) -> float:
+    """Best-of-`repeats` GFLOP/s of torch.mm on two (n, n) `dtype` matrices: the dense-compute
+    ceiling torch reaches on this machine, counted as 2 n^3 FLOPs per product."""
+    import torch
+
+    def make() -> Callable[[], Any]:
         gen = torch.Generator().manual_seed(0)
         a = torch.randn(n, n, generator=gen).to(getattr(torch, dtype))
         b = torch.randn(n, n, generator=gen).to(getattr(torch, dtype))
-        torch.mm(a, b)  # warm-up: kernel selection and first-touch of the output
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
-    return 2.0 * n ** 3 / best / 1e9
+        return lambda: torch.mm(a, b)
+
+    return _best_gflops(make, 2.0 * n ** 3, threads, repeats)
+
+
+def _in_both_precisions(fn: Callable[..., float], **kwargs: Any) -> dict[str, float]:
+    return {p: fn(dt, **kwargs) for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
 
 
 def matmul_peaks(threads: int | None = None, n: int = 2048, repeats: int = 10
                  ) -> dict[str, float]:
     """{"fp32": GFLOP/s, "bf16": GFLOP/s}: matmul_peak_gflops in the two precisions extract
     runs, the roofline that benchmarks and validation judge throughput against."""
-    return {p: matmul_peak_gflops(dt, threads=threads, n=n, repeats=repeats)
-            for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    return _in_both_precisions(matmul_peak_gflops, threads=threads, n=n, repeats=repeats)
 
 
 # The conv probe: a ResNet-50 stage-3-like 3x3 convolution (batch 8, 256 -> 256 channels,
@@ -239,40 +256,27 @@ CONV_PROBE = {"batch": 8, "channels": 256, "side": 56, "kernel": 3}
 
 def conv_peak_gflops(dtype: str = "float32", threads: int | None = None,
                      repeats: int = 10) -> float:
-    """Best-of-`repeats` GFLOP/s of one CONV_PROBE convolution in `dtype` at `threads` torch
-    threads (None: as set), 2 FLOPs per multiply-add. The caller's thread setting is
-    restored."""
-    import time
-
+    """Best-of-`repeats` GFLOP/s of one CONV_PROBE convolution in `dtype`, 2 FLOPs per
+    multiply-add."""
     import torch
 
     n, c, s, k = (CONV_PROBE[f] for f in ("batch", "channels", "side", "kernel"))
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+
+    def make() -> Callable[[], Any]:
         gen = torch.Generator().manual_seed(0)
         dt = getattr(torch, dtype)
         x = torch.randn(n, c, s, s, generator=gen).to(dt).contiguous(
             memory_format=torch.channels_last)
         conv = torch.nn.Conv2d(c, c, k, padding=k // 2, bias=False).to(dt).eval()
         conv = conv.to(memory_format=torch.channels_last)
-        best = float("inf")
-        with torch.inference_mode():
-            conv(x)  # warm-up: oneDNN picks and caches its kernel
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                conv(x)
-                best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
-    return 2.0 * n * s * s * c * c * k * k / best / 1e9
+        return lambda: conv(x)
+
+    return _best_gflops(make, 2.0 * n * s * s * c * c * k * k, threads, repeats)
 
 
 def conv_peaks(threads: int | None = None, repeats: int = 10) -> dict[str, float]:
     """{"fp32": GFLOP/s, "bf16": GFLOP/s}: conv_peak_gflops in the two precisions."""
-    return {p: conv_peak_gflops(dt, threads=threads, repeats=repeats)
-            for p, dt in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    return _in_both_precisions(conv_peak_gflops, threads=threads, repeats=repeats)
 
 
 def model_gflops(model: Any, image_size: int) -> float:

@@ -22,10 +22,10 @@ from pipeline.extract.run import (  # noqa: F401 - ExtractReport: callers import
 )
 from pipeline.extract.spec import ExtractConfig
 from pipeline.extract.worker import BACKBONE, ExtractWorker, failure_reason
+from store.hdf5 import FeatureStore
 
 if TYPE_CHECKING:
     from torch import nn
-from store.hdf5 import FeatureStore
 
 
 @dataclass

@@ -203,6 +203,9 @@ def test_bench_extract_reports_roofline_and_marks_impossible_figures(
                             ("network_images_per_s", "network_roofline_fraction")):
             assert m[frac] == pytest.approx(m[speed] * roof["gflop_per_image"] / peak)
         assert m["valid"] is True and m["invalid_reasons"] == []
+        conv = roof["conv_peak_gflops"][m["precision"]]
+        assert m["conv_roofline_fraction"] == pytest.approx(
+            m["images_per_s"] * roof["gflop_per_image"] / conv)
     assert modes["c"]["precision"] == "bf16" and modes["b"]["precision"] == "fp32"
     assert set(modes["b"]["phases_ms_per_image"]) == set(bench.PHASES)
     assert sum(modes["b"]["phases_ms_per_image"].values()) == pytest.approx(
@@ -217,6 +220,12 @@ def test_bench_extract_reports_roofline_and_marks_impossible_figures(
     bench.judge(row, fake["roofline"])
     assert row["valid"] is False and row["roofline_fraction"] == pytest.approx(2.0)
     assert "end to end" in row["invalid_reasons"][0]
+    # Above the matmul peak but below a conv probe that measured higher: real, so valid.
+    roomy = {**fake["roofline"], "conv_peak_gflops": {
+        p: 3 * v for p, v in fake["roofline"]["peak_gflops"].items()}}
+    ok_row = bench.judge(dict(row), roomy)
+    assert ok_row["valid"] is True and ok_row["roofline_fraction"] == pytest.approx(2.0)
+    assert ok_row["conv_roofline_fraction"] == pytest.approx(2.0 / 3.0)
     fake["valid"] = False
     monkeypatch.setattr(bench, "run_bench", lambda **kw: fake)
     res = CliRunner().invoke(cli, ["bench", "extract", "--out", str(tmp_path / "fake.json")])
