@@ -56,6 +56,8 @@ ICON_WEIGHTS = (3, 3, 3, 3, 2.5, 1.5, 1)
 # Gradient/shaded SVGs make PNGs 5-10x larger than flat icons at the same size: fewer big ones.
 RICH_WEIGHTS = (3, 3, 3, 3, 2, 0.8, 0.5)
 PHOTO_WEIGHTS = (4, 4, 4, 3, 2, 1, 0.6)
+# The high-resolution wallpaper families exist for the large sizes: none at 128 px.
+HIRES_WEIGHTS = (0, 0.5, 1, 1, 1.5, 1.5, 1.5)
 JPEG_QUALITY = 92
 # Large photo crops. scikit-image's photographs are at most 512-1000 px, so the drawn ladder
 # leaves `photo` almost nothing above 512 px; these extra crops come from the Plasma
@@ -95,6 +97,24 @@ PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "Eve
 PLASMA_ART = ("Altai", "Autumn", "Canopee", "Cascade", "Cluster", "Elarun", "Flow",
               "FlyingKonqui", "Honeywave", "IceCold", "Kay", "Kokkini", "MilkyWay", "Opal",
               "PastelHills", "Patak", "SafeLanding", "Shell", "Volna")
+# lomiri-wallpapers-16.04 / -20.04 20.04.0-2: camera photographs of 1.4-6K px (Ubuntu
+# wallpaper contest entries). Crops near 1:1 keep the sensor grain and JPEG noise that the
+# Plasma and scikit-image photographs (clean, or small) lack.
+HIRES_PHOTOS = ("aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlich",
+                "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "free_by_Peter_Nerlich",
+                "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+                "Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus",
+                "life_by_Aitzol_Berasategi", "Picture_0B_by_freespace",
+                "Picture_1A_by_freespace", "picosdeeuropa_by_Aitzol_Berasategi",
+                "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
+                "Wine_by_Jakkub_Mede")
+# ukui-wallpapers 20.04.3-1.1 and the digital art of lomiri-wallpapers(-16.04, -20.04)
+# 20.04.0-2: 2.4-6K px renders, several dark, with smooth or grainy gradients.
+DESKTOP_ART = ("2004default.jpg", "calla.png", "city.png", "desert.png", "firstgeneration.jpg",
+               "fluent-color.png", "focal-ubuntukylin.png", "Fossa_by_Jasper_Roks.jpg",
+               "goldfish.png", "Painting-Colors_by__herobrine7gamer.jpg", "rhythm.jpg",
+               "rollpaper.png", "string.jpg", "the-mouse.jpg", "umang_by_Abhishek_Mudgal.jpg",
+               "warty-final-ubuntu.png")
 
 
 @dataclass(frozen=True)
@@ -118,6 +138,8 @@ FAMILIES = (
     Family("photo", 260, "crop", PHOTO_WEIGHTS),
     Family("texture", 200, "crop", PHOTO_WEIGHTS),
     Family("digital_art", 150, "crop", PHOTO_WEIGHTS),
+    Family("photo_hires", 80, "crop", HIRES_WEIGHTS),
+    Family("desktop_art", 48, "crop", HIRES_WEIGHTS),
 )
 
 
@@ -343,6 +365,11 @@ def raster_sources(fam: str, deb: Path) -> list[tuple[str, Path]]:
                 if p.suffix in (".webp", ".svg") and not p.stem.endswith("-d")
                 and p.stem not in ("vnc-l", "symbolic-l")]  # near-uniform grey / green
         return sorted(out)
+    if fam in ("photo_hires", "desktop_art"):
+        bg = deb / "usr/share/backgrounds"
+        if fam == "photo_hires":
+            return sorted((slug(n), bg / f"{n}.jpg") for n in HIRES_PHOTOS)
+        return sorted((slug(Path(n).stem), bg / n) for n in DESKTOP_ART)
     if fam == "texture":
         pats = sorted((deb / "usr/share/gimp/2.0/patterns").rglob("*.pat"))
         # gimp-data keeps its patterns in category folders, gimp-data-extras at the top level;
