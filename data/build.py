@@ -108,6 +108,7 @@ HIRES_PHOTOS = ("aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlic
                 "Picture_1A_by_freespace", "picosdeeuropa_by_Aitzol_Berasategi",
                 "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
                 "Wine_by_Jakkub_Mede")
+BACKGROUNDS = "usr/share/backgrounds"  # where the lomiri and ukui packages put their files
 # ukui-wallpapers 20.04.3-1.1 and the digital art of lomiri-wallpapers(-16.04, -20.04)
 # 20.04.0-2: 2.4-6K px renders, several dark, with smooth or grainy gradients.
 DESKTOP_ART = ("2004default.jpg", "calla.png", "city.png", "desert.png", "firstgeneration.jpg",
@@ -365,11 +366,10 @@ def raster_sources(fam: str, deb: Path) -> list[tuple[str, Path]]:
                 if p.suffix in (".webp", ".svg") and not p.stem.endswith("-d")
                 and p.stem not in ("vnc-l", "symbolic-l")]  # near-uniform grey / green
         return sorted(out)
-    if fam in ("photo_hires", "desktop_art"):
-        bg = deb / "usr/share/backgrounds"
-        if fam == "photo_hires":
-            return sorted((slug(n), bg / f"{n}.jpg") for n in HIRES_PHOTOS)
-        return sorted((slug(Path(n).stem), bg / n) for n in DESKTOP_ART)
+    if fam == "photo_hires":  # lomiri and ukui install into one backgrounds folder
+        return sorted((slug(n), deb / BACKGROUNDS / f"{n}.jpg") for n in HIRES_PHOTOS)
+    if fam == "desktop_art":
+        return sorted((slug(Path(n).stem), deb / BACKGROUNDS / n) for n in DESKTOP_ART)
     if fam == "texture":
         pats = sorted((deb / "usr/share/gimp/2.0/patterns").rglob("*.pat"))
         # gimp-data keeps its patterns in category folders, gimp-data-extras at the top level;
