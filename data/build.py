@@ -84,6 +84,7 @@ TABLER_COLOURS = ("#000000", "#1f2937", "#374151", "#2563eb", "#dc2626", "#05966
 # at files that are not there.
 CLIPART_MAX_BYTES = 200_000
 CLIPART_SKIP = re.compile(r"<(text|flowRoot|image)\b")
+FONTAWESOME_STYLES = ("solid", "regular", "brands")
 
 # scikit-image 0.26.0's bundled photographs (see README for licences).
 SKIMAGE_PHOTOS = (
@@ -141,6 +142,7 @@ FAMILIES = (
     Family("digital_art", 150, "crop", PHOTO_WEIGHTS),
     Family("photo_hires", 80, "crop", HIRES_WEIGHTS),
     Family("desktop_art", 48, "crop", HIRES_WEIGHTS),
+    Family("fontawesome", 150, "svg", ICON_WEIGHTS),
 )
 
 
@@ -239,6 +241,12 @@ def svg_sources(fam: str, npm: Path, deb: Path) -> tuple[list[Path], SvgEdit | N
     if fam == "tango":
         files = {p.resolve() for p in (deb / "usr/share/icons/Tango/scalable").rglob("*.svg")}
         return sorted(files), None  # symlinks (icon aliases) counted once
+    if fam == "fontawesome":
+        # Font Awesome Free's solid, regular and brands glyphs: black (`currentColor`) on
+        # transparency, each at its own aspect ratio, the way UI icon sets ship. The other
+        # icon families are coloured or thin-stroked; large black fills were missing.
+        root = npm / "@fortawesome/fontawesome-free/svgs"
+        return sorted(p for style in FONTAWESOME_STYLES for p in (root / style).glob("*.svg")), None
     if fam == "openclipart":
         files = [
             p for p in sorted((deb / "usr/share/openclipart/svg").rglob("*.svg"))
@@ -254,6 +262,8 @@ def source_name(fam: str, path: Path) -> str:
         return slug(f"{path.parent.name}-{path.stem}")
     if fam == "openclipart":
         return slug(path.stem)
+    if fam == "fontawesome":  # the same name exists in solid and regular
+        return slug(f"{path.stem}-{path.parent.name}")
     return slug(path.stem)
 
 

@@ -23,6 +23,7 @@ FAMILIES = {
     "twemoji": 200, "fluent_flat": 200, "fluent_modern": 200, "simple_icons": 200,
     "tabler": 200, "flags": 180, "meteocons": 180, "tango": 180, "openclipart": 250,
     "photo": 200, "texture": 180, "digital_art": 120, "photo_hires": 70, "desktop_art": 40,
+    "fontawesome": 140,
 }
 SVG_FAMILIES = set(FAMILIES) - {"photo", "texture", "digital_art", "photo_hires", "desktop_art"}
 # images/<family>/<source>_<size>.png, or <source>_<size>_c<k>.jpg|png for crop k of a source.
@@ -30,9 +31,9 @@ NAME = re.compile(r"^(?P<source>.+)_(?P<size>\d+)(?:_c(?P<crop>\d+))?\.(?:png|jp
 # The drawn ladder, plus 640 and 896 px used only by photo's large crops (README "Sizes").
 LADDER = (128, 192, 256, 384, 512, 640, 768, 896, 1024)
 PHOTO_LARGE = (640, 768, 896, 1024)
-# The committed set measures about 58.1 MiB (README "Size on disk"); 59 leaves a little room
+# The committed set measures about 59.1 MiB (README "Size on disk"); 59.5 leaves a little room
 # for a rebuild with other package versions, under the 60 MiB cap agreed for the repository.
-BUDGET_MIB = 59
+BUDGET_MIB = 59.5
 
 
 @pytest.fixture(scope="module")
