@@ -118,12 +118,19 @@ DESKTOP_ART = ("2004default.jpg", "calla.png", "city.png", "desert.png", "firstg
                "rollpaper.png", "string.jpg", "the-mouse.jpg", "umang_by_Abhishek_Mudgal.jpg",
                "warty-final-ubuntu.png")
 
+# noisy_gradient: drawn here from numbers alone (no source package). Grain on smooth gradients,
+# dark ones above all, was missing: VTracer breaks such images into speckle, and starry night
+# wallpapers and grainy photographs from outside data/ were over-predicted (data/README).
+GRAIN_SIGMAS = (0.5, 1, 2, 3, 5, 8)  # grain std in 8-bit levels
+GRADIENT_GAMMA = (0.7, 8.0)  # field ** gamma, log-uniform: > 1 darkens (most of the draws)
+SPECK_DENSITY = (2e-4, 5e-3)  # share of pixels that get a bright speck, log-uniform
+
 
 @dataclass(frozen=True)
 class Family:
     name: str
     count: int
-    kind: str  # "svg" (one render per source) or "crop" (several crops per source)
+    kind: str  # "svg" (one render per source), "crop" (several crops per source), "synth"
     weights: tuple[float, ...]
 
 
@@ -143,6 +150,7 @@ FAMILIES = (
     Family("photo_hires", 80, "crop", HIRES_WEIGHTS),
     Family("desktop_art", 48, "crop", HIRES_WEIGHTS),
     Family("fontawesome", 150, "svg", ICON_WEIGHTS),
+    Family("noisy_gradient", 100, "synth", HIRES_WEIGHTS),
 )
 
 
@@ -514,6 +522,69 @@ def build_large_photos(rng: np.random.Generator, deb: Path, out_dir: Path) -> li
 
 
 # --------------------------------------------------------------------------------------------
+# Generated sources
+
+
+def noisy_gradient(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A w x h RGB gradient with grain, drawn from `rng` alone.
+
+    A 2-6 cell grid of random colours (half the draws one hue family, half a mix), bicubic-
+    scaled to w x h, then `** gamma` (light to near-black) and a random ceiling; Gaussian grain
+    per pixel or about 2 px wide, grey or per channel; in 60 % of draws, bright one-pixel specks.
+    """
+    cells = int(rng.integers(2, 7))
+    grid = rng.random((cells, cells, 3))
+    if rng.random() < 0.5:
+        grid = np.clip(rng.random(3) + 0.25 * (grid - 0.5), 0.0, 1.0)
+    small = Image.fromarray((grid * 255).astype(np.uint8))
+    field = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64) / 255
+    gamma = math.exp(rng.uniform(*np.log(GRADIENT_GAMMA)))
+    field = field ** gamma * rng.uniform(0.5, 1.0) * 255  # (h, w, 3)
+    sigma = float(rng.choice(GRAIN_SIGMAS))
+    channels = 1 if rng.random() < 0.5 else 3
+    if rng.random() < 0.3:  # coarse grain: half-size noise, bilinear-scaled up
+        half = rng.normal(0.0, sigma, (max(1, h // 2), max(1, w // 2), channels))
+        grain = np.stack([np.asarray(Image.fromarray(half[..., c].astype(np.float32), "F")
+                                     .resize((w, h), Image.Resampling.BILINEAR))
+                          for c in range(channels)], axis=2)
+    else:
+        grain = rng.normal(0.0, sigma, (h, w, channels))
+    pixels = field + grain
+    if rng.random() < 0.6:
+        density = math.exp(rng.uniform(*np.log(SPECK_DENSITY)))
+        specks = rng.random((h, w)) < density
+        pixels[specks] += rng.uniform(40, 220, (int(specks.sum()), 1))
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+def synth_seeds(rng: np.random.Generator, count: int) -> np.ndarray:
+    """One seed per generated image, so image k can be redrawn on its own (tests do)."""
+    return rng.integers(2**63, size=count)
+
+
+def draw_synth(seed: int, weights: tuple[float, ...]) -> tuple[int, Image.Image]:
+    """(longer side, image) of one generated image: size and aspect drawn as for crops."""
+    rng = np.random.default_rng(seed)
+    aspect = draw_aspect(rng)
+    longer = draw_size(rng, weights)
+    w, h = target_size(longer, aspect)
+    return longer, noisy_gradient(rng, w, h)
+
+
+def build_synth_family(fam: Family, rng: np.random.Generator, out_dir: Path) -> list[Path]:
+    """`fam.count` generated images, `gradient-<k>_<size>.jpg` (JPEG q92, as the crops)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, seed in enumerate(synth_seeds(rng, fam.count)):
+        longer, im = draw_synth(int(seed), fam.weights)
+        out = out_dir / f"gradient-{k:03d}_{longer}.jpg"
+        im.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        written.append(out)
+    print(f"{fam.name}: {len(written)} generated", file=sys.stderr)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
 # Labels and summary
 
 
@@ -647,6 +718,8 @@ def main() -> None:
             shutil.rmtree(out_dir, ignore_errors=True)
             if fam.kind == "svg":
                 build_svg_family(fam, rng, args.npm, args.deb_root, out_dir)
+            elif fam.kind == "synth":
+                build_synth_family(fam, rng, out_dir)
             else:
                 build_crop_family(fam, rng, args.deb_root, out_dir)
             if fam.name == "photo":  # the large crops: a stream of their own, after the drawn
