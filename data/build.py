@@ -705,8 +705,9 @@ def main() -> None:
         print(summary(csv_path))
         return
     if not args.labels_only:
-        if args.npm is None or args.deb_root is None:
-            ap.error("--npm and --deb-root are needed to render images")
+        sourced = [f.name for f in FAMILIES if f.kind != "synth" and (not only or f.name in only)]
+        if sourced and (args.npm is None or args.deb_root is None):
+            ap.error(f"--npm and --deb-root are needed to render {', '.join(sourced)}")
         if not only:  # a rebuild never mixes in stale files
             shutil.rmtree(images_dir, ignore_errors=True)
             csv_path.unlink(missing_ok=True)
